@@ -1,0 +1,30 @@
+"""diffusion_jax: Denoising Diffusion Probabilistic Models (Ho et al. 2020) in JAX/Flax."""
+
+from diffusion_jax.diffusion import (
+    p_mean_variance,
+    predict_eps_from_xstart,
+    predict_v,
+    predict_xstart_from_eps,
+    predict_xstart_from_v,
+    q_mean_variance,
+    q_posterior_mean_variance,
+    q_sample,
+    q_step,
+    score_from_eps,
+)
+from diffusion_jax.losses import (
+    discretized_gaussian_log_likelihood,
+    normal_kl,
+    training_losses,
+    variational_bound,
+)
+from diffusion_jax.sampling import ddim_sample, sample
+from diffusion_jax.schedules import (
+    DiffusionSchedule,
+    get_beta_schedule,
+    make_schedule,
+    respace,
+    space_timesteps,
+)
+
+__version__ = "0.1.0"

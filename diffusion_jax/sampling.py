@@ -1,0 +1,210 @@
+"""Ancestral (DDPM) and DDIM samplers, each one `jax.lax.scan` over the reversed steps.
+
+The step body is traced once, so compile time does not grow with T, and the
+whole chain is one device program: no per-step dispatch. Both samplers are
+traceable: `jax.jit` them with the parameters as an argument, e.g.
+
+    @jax.jit
+    def draw(params, key):
+      model_fn = lambda x, t: model.apply({"params": params}, x, t)
+      return sample(model_fn, schedule, (64, 32, 32, 3), key)
+
+Steps are indices `t` in `[0, T)` of the schedule (`t = 0` is the paper's
+`t = 1`); the network is called with `schedule.timesteps[t]`, which differs
+from `t` only for a respaced schedule. The noise of step `t` comes from
+`jax.random.fold_in(key, t)`, so a sample does not depend on how the batch
+is sharded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from diffusion_jax import diffusion
+from diffusion_jax.schedules import DiffusionSchedule, space_timesteps
+
+ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
+# (x_t, step inputs, noise key) -> (x_prev, pred_xstart)
+StepFn = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+
+
+class Trajectory(NamedTuple):
+  """Every `return_every`-th state of the chain, in sampling order (from t = T-1 down)."""
+
+  timesteps: jax.Array  # (S,) schedule index t of each saved state
+  x_t: jax.Array  # (S, *shape) the state before step t
+  pred_xstart: jax.Array  # (S, *shape) the x_0 predicted at step t
+
+
+def _check_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+  shape = tuple(shape)
+  if len(shape) < 2 or any(not isinstance(d, (int, np.integer)) or d < 1 for d in shape):
+    raise ValueError(f"shape must be (batch, ...) of positive integers, got {shape}.")
+  return shape
+
+
+def _constrain(x: jax.Array, sharding: jax.sharding.Sharding | None) -> jax.Array:
+  return x if sharding is None else jax.lax.with_sharding_constraint(x, sharding)
+
+
+def _run_chain(
+    step_fn: StepFn,
+    step_inputs: jax.Array,
+    shape: tuple[int, ...],
+    key: jax.Array,
+    return_every: int | None,
+    sharding: jax.sharding.Sharding | None,
+) -> jax.Array | tuple[jax.Array, Trajectory]:
+  """x_T ~ N(0, I), then `step_fn` over `step_inputs` (leading axis: steps, first step first)."""
+  num = step_inputs.shape[0]
+  init_key, noise_key = jax.random.split(key)
+  x_T = _constrain(jax.random.normal(init_key, shape), sharding)
+  t_of = lambda inputs: inputs if inputs.ndim == 0 else inputs[0]
+
+  def body(x: jax.Array, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
+    x_prev, pred = step_fn(x, inputs, jax.random.fold_in(noise_key, t_of(inputs)))
+    return _constrain(x_prev, sharding), pred
+
+  if return_every is None:
+    x_0, _ = jax.lax.scan(lambda x, inputs: (body(x, inputs)[0], None), x_T, step_inputs)
+    return x_0
+  if isinstance(return_every, bool) or not isinstance(return_every, (int, np.integer)) or return_every < 1:
+    raise ValueError(f"return_every must be a positive integer or None, got {return_every!r}.")
+  slots = -(-num // return_every)
+
+  def saving_body(carry, n_inputs):
+    x, xs, preds = carry
+    n, inputs = n_inputs
+    x_prev, pred = body(x, inputs)
+    slot, save = n // return_every, n % return_every == 0
+    xs = xs.at[slot].set(jnp.where(save, x, xs[slot]))
+    preds = preds.at[slot].set(jnp.where(save, pred, preds[slot]))
+    return (x_prev, xs, preds), None
+
+  buffers = jnp.zeros((slots, *shape), x_T.dtype)
+  (x_0, xs, preds), _ = jax.lax.scan(
+      saving_body, (x_T, buffers, buffers), (jnp.arange(num), step_inputs))
+  saved_t = jax.vmap(t_of)(step_inputs[::return_every])
+  return x_0, Trajectory(saved_t, xs, preds)
+
+
+def sample(
+    model_fn: ModelFn,
+    schedule: DiffusionSchedule,
+    shape: tuple[int, ...],
+    key: jax.Array,
+    *,
+    model_mean_type: str = "eps",
+    model_var_type: str = "fixed_small",
+    clip_denoised: bool = True,
+    return_every: int | None = None,
+    sharding: jax.sharding.Sharding | None = None,
+) -> jax.Array | tuple[jax.Array, Trajectory]:
+  """Algorithm 1: x_T ~ N(0, I); x_{t-1} = mu_theta(x_t, t) + sigma_t z, with no noise at t = 0.
+
+  With `clip_denoised` this is the stable variant: predict x_0, clip it to
+  [-1, 1], take the posterior mean.
+
+  Args:
+    model_fn: traceable `model_fn(x_t, t) -> output`; `t` is an int array of
+      shape `(batch,)`.
+    schedule: the process (possibly respaced).
+    shape: `(batch, ...)` of the samples.
+    key: PRNG key.
+    model_mean_type, model_var_type, clip_denoised: as in
+      `diffusion.p_mean_variance`.
+    return_every: also return every k-th state and x_0 prediction.
+    sharding: optional sharding of the samples (batch axis over devices).
+
+  Returns:
+    x_0 of shape `shape`, and with `return_every` a `Trajectory` as well.
+  """
+  diffusion.check_model_types(model_mean_type, model_var_type)
+  shape = _check_shape(shape)
+
+  def step(x: jax.Array, t: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    tb = jnp.full((shape[0],), t, dtype=jnp.int32)
+    out = diffusion.p_mean_variance(
+        schedule, model_fn(x, schedule.timesteps[tb]).astype(x.dtype), x, tb,
+        model_mean_type=model_mean_type, model_var_type=model_var_type,
+        clip_denoised=clip_denoised)
+    noise = _constrain(jax.random.normal(key, shape, x.dtype), sharding)
+    sigma = jnp.where(t > 0, jnp.exp(0.5 * out.log_variance), 0.0)
+    return out.mean + sigma * noise, out.pred_xstart
+
+  steps = jnp.arange(schedule.num_steps - 1, -1, -1, dtype=jnp.int32)
+  return _run_chain(step, steps, shape, key, return_every, sharding)
+
+
+def ddim_sample(
+    model_fn: ModelFn,
+    schedule: DiffusionSchedule,
+    shape: tuple[int, ...],
+    key: jax.Array,
+    *,
+    num_steps: int | None = None,
+    eta: float = 0.0,
+    model_mean_type: str = "eps",
+    clip_denoised: bool = True,
+    return_every: int | None = None,
+    sharding: jax.sharding.Sharding | None = None,
+) -> jax.Array | tuple[jax.Array, Trajectory]:
+  """DDIM (Song et al. 2021): x_s = sqrt(abar_s) x0 + sqrt(1 - abar_s - sigma^2) eps + sigma z, s < t.
+
+  sigma = eta sqrt((1 - abar_s)/(1 - abar_t)) sqrt(1 - abar_t/abar_s); eta = 1
+  matches the ancestral sampler with beta-tilde variances on the kept steps,
+  eta = 0 is deterministic given x_T.
+
+  Args:
+    model_fn: traceable `model_fn(x_t, t) -> output` (mean output only; a
+      `learned_range` model's variance channels must be dropped by the caller).
+    schedule: the process; DDIM needs only its alphas_cumprod.
+    shape: `(batch, ...)` of the samples.
+    key: PRNG key.
+    num_steps: visit this many steps of `schedule`, evenly spaced
+      (`space_timesteps`); all of them when None.
+    eta: noise scale, >= 0.
+    model_mean_type: `eps`, `xstart` or `v`.
+    clip_denoised: clip the predicted x_0 to [-1, 1].
+    return_every: also return every k-th state and x_0 prediction.
+    sharding: optional sharding of the samples.
+
+  Returns:
+    x_0 of shape `shape`, and with `return_every` a `Trajectory` as well.
+  """
+  diffusion.check_model_types(model_mean_type, "fixed_small")
+  shape = _check_shape(shape)
+  if not eta >= 0:
+    raise ValueError(f"eta must be >= 0, got {eta!r}.")
+  T = schedule.num_steps
+  kept = np.arange(T) if num_steps is None else space_timesteps(T, num_steps)
+  # Step inputs: (t, s) with s the next kept index below t, -1 after the last.
+  pairs = np.stack([kept[::-1], np.append(kept[::-1][1:], -1)], axis=1).astype(np.int32)
+
+  def step(x: jax.Array, ts: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
+    t, s = ts[0], ts[1]
+    tb = jnp.full((shape[0],), t, dtype=jnp.int32)
+    out = model_fn(x, schedule.timesteps[tb]).astype(x.dtype)
+    if model_mean_type == "eps":
+      pred_xstart = diffusion.predict_xstart_from_eps(schedule, x, tb, out)
+    elif model_mean_type == "xstart":
+      pred_xstart = out
+    else:
+      pred_xstart = diffusion.predict_xstart_from_v(schedule, x, tb, out)
+    if clip_denoised:
+      pred_xstart = jnp.clip(pred_xstart, -1.0, 1.0)
+    eps = diffusion.predict_eps_from_xstart(schedule, x, tb, pred_xstart)
+    abar_t = schedule.alphas_cumprod[t]
+    abar_s = jnp.where(s >= 0, schedule.alphas_cumprod[jnp.maximum(s, 0)], 1.0)
+    sigma = eta * jnp.sqrt((1.0 - abar_s) / (1.0 - abar_t) * (1.0 - abar_t / abar_s))
+    noise = _constrain(jax.random.normal(key, shape, x.dtype), sharding)
+    x_prev = (jnp.sqrt(abar_s) * pred_xstart
+              + jnp.sqrt(jnp.maximum(1.0 - abar_s - sigma**2, 0.0)) * eps + sigma * noise)
+    return x_prev, pred_xstart
+
+  return _run_chain(step, jnp.asarray(pairs), shape, key, return_every, sharding)

@@ -1,0 +1,296 @@
+"""Variance schedules and the `DiffusionSchedule` pytree.
+
+Betas are computed in float64 NumPy on the host. `make_schedule` derives every
+buffer of Ho et al. (2020) from them in float64 and casts the result once, so
+that float32 buffers carry float32 rounding of the exact value and no more.
+
+Timesteps are integer indices `t` in `[0, T)`; `t = 0` is the paper's `t = 1`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import flax.struct
+import jax.numpy as jnp
+import numpy as np
+
+BETA_SCHEDULES = ("linear", "cosine", "quadratic", "sigmoid", "constant", "custom")
+
+
+def _check_num_steps(num_diffusion_steps: Any) -> int:
+  if isinstance(num_diffusion_steps, bool) or not isinstance(
+      num_diffusion_steps, (int, np.integer)) or num_diffusion_steps < 1:
+    raise ValueError(
+        f"num_diffusion_steps must be a positive integer, got {num_diffusion_steps!r}.")
+  return int(num_diffusion_steps)
+
+
+def check_betas(betas: np.ndarray, name: str = "betas") -> np.ndarray:
+  """Validates a float64 beta vector: 1-D, non-empty, every entry in (0, 1].
+
+  Args:
+    betas: candidate betas.
+    name: what to call them in the error message.
+
+  Returns:
+    `betas` as a float64 array of shape `(T,)`.
+  """
+  betas = np.asarray(betas, dtype=np.float64)
+  if betas.ndim != 1 or betas.size == 0:
+    raise ValueError(f"{name} must be a non-empty 1-D array, got shape {betas.shape}.")
+  bad = ~((betas > 0) & (betas <= 1))  # Also catches NaN.
+  if bad.any():
+    i = int(np.argmax(bad))
+    raise ValueError(
+        f"{name} must lie in (0, 1]; entry {i} is {float(betas[i])!r}. "
+        "For 'linear' with small T, the default endpoints scaled by 1000/T exceed 1 "
+        "when T < 20: pass beta_start and beta_end explicitly.")
+  return betas
+
+
+def _linear(T: int, beta_start: float | None = None, beta_end: float | None = None) -> np.ndarray:
+  scale = 1000.0 / T
+  start = 1e-4 * scale if beta_start is None else beta_start
+  end = 0.02 * scale if beta_end is None else beta_end
+  return np.linspace(start, end, T, dtype=np.float64)
+
+
+def _quadratic(T: int, beta_start: float | None = None, beta_end: float | None = None) -> np.ndarray:
+  scale = 1000.0 / T
+  start = 1e-4 * scale if beta_start is None else beta_start
+  end = 0.02 * scale if beta_end is None else beta_end
+  return np.linspace(start**0.5, end**0.5, T, dtype=np.float64) ** 2
+
+
+def _sigmoid(T: int, beta_start: float | None = None, beta_end: float | None = None) -> np.ndarray:
+  scale = 1000.0 / T
+  start = 1e-4 * scale if beta_start is None else beta_start
+  end = 0.02 * scale if beta_end is None else beta_end
+  s = 1.0 / (1.0 + np.exp(-np.linspace(-6.0, 6.0, T, dtype=np.float64)))
+  return start + (end - start) * s
+
+
+def _constant(T: int, beta: float | None = None) -> np.ndarray:
+  return np.full(T, 0.02 * 1000.0 / T if beta is None else beta, dtype=np.float64)
+
+
+def _cosine(T: int, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
+  f = lambda u: np.cos((u / T + s) / (1 + s) * math.pi / 2) ** 2
+  steps = np.arange(T + 1, dtype=np.float64)
+  alphas_cumprod = f(steps) / f(0.0)
+  return np.minimum(1.0 - alphas_cumprod[1:] / alphas_cumprod[:-1], max_beta)
+
+
+def _custom(T: int, betas: Sequence[float] | np.ndarray | None = None) -> np.ndarray:
+  if betas is None:
+    raise ValueError("beta schedule 'custom' needs betas=<array of shape (T,)>.")
+  betas = np.asarray(betas, dtype=np.float64)
+  if betas.shape != (T,):
+    raise ValueError(
+        f"custom betas must have shape (num_diffusion_steps,) = ({T},), got {betas.shape}.")
+  return betas
+
+
+_SCHEDULE_FNS: dict[str, Callable[..., np.ndarray]] = {
+    "linear": _linear,
+    "cosine": _cosine,
+    "quadratic": _quadratic,
+    "sigmoid": _sigmoid,
+    "constant": _constant,
+    "custom": _custom,
+}
+_SCHEDULE_KWARGS = {
+    "linear": ("beta_start", "beta_end"),
+    "quadratic": ("beta_start", "beta_end"),
+    "sigmoid": ("beta_start", "beta_end"),
+    "constant": ("beta",),
+    "cosine": ("s", "max_beta"),
+    "custom": ("betas",),
+}
+
+
+def get_beta_schedule(name: str, *, num_diffusion_steps: int, **kwargs: Any) -> np.ndarray:
+  """beta_1..beta_T of a named schedule, in float64.
+
+  `linear`, `quadratic` and `sigmoid` default to the paper's endpoints
+  1e-4 and 0.02 at T = 1000, scaled by 1000/T for other T so that every T
+  describes a comparable process; `beta_start`/`beta_end` override them (no
+  scaling). `constant` takes `beta` (default 0.02 * 1000/T). `cosine` is
+  Nichol & Dhariwal's alpha_bar(t) = f(t)/f(0), f(t) = cos^2((t/T + s)/(1 + s)
+  * pi/2), with `s` = 0.008 and betas clipped at `max_beta` = 0.999. `custom`
+  takes `betas` of shape `(T,)`.
+
+  Args:
+    name: one of `BETA_SCHEDULES`.
+    num_diffusion_steps: T, a positive integer.
+    **kwargs: the schedule's own parameters (above).
+
+  Returns:
+    float64 array of shape `(T,)` with every entry in (0, 1].
+  """
+  if name not in _SCHEDULE_FNS:
+    raise ValueError(f"Unknown beta schedule {name!r}; allowed: {', '.join(BETA_SCHEDULES)}.")
+  T = _check_num_steps(num_diffusion_steps)
+  unknown = sorted(set(kwargs) - set(_SCHEDULE_KWARGS[name]))
+  if unknown:
+    raise ValueError(
+        f"Unknown argument(s) {unknown} for beta schedule {name!r}; "
+        f"allowed: {list(_SCHEDULE_KWARGS[name])}.")
+  return check_betas(_SCHEDULE_FNS[name](T, **kwargs), name=f"betas of schedule {name!r}")
+
+
+@flax.struct.dataclass
+class DiffusionSchedule:
+  """Every per-timestep buffer of the forward and posterior processes, shape `(T,)`.
+
+  A pytree: pass it into jitted functions as an argument. `timesteps[i]` is the
+  index of the original (un-respaced) process that step `i` stands for, i.e.
+  the `t` a network trained on the original process must be given.
+  """
+
+  betas: jnp.ndarray
+  alphas_cumprod: jnp.ndarray
+  alphas_cumprod_prev: jnp.ndarray
+  sqrt_alphas_cumprod: jnp.ndarray
+  sqrt_one_minus_alphas_cumprod: jnp.ndarray
+  log_one_minus_alphas_cumprod: jnp.ndarray
+  sqrt_recip_alphas_cumprod: jnp.ndarray
+  sqrt_recipm1_alphas_cumprod: jnp.ndarray
+  posterior_variance: jnp.ndarray
+  posterior_log_variance_clipped: jnp.ndarray
+  posterior_mean_coef1: jnp.ndarray
+  posterior_mean_coef2: jnp.ndarray
+  fixed_large_variance: jnp.ndarray
+  fixed_large_log_variance: jnp.ndarray
+  timesteps: jnp.ndarray
+
+  @property
+  def num_steps(self) -> int:
+    """T, static under `jax.jit`."""
+    return self.betas.shape[0]
+
+
+def schedule_buffers(betas: np.ndarray) -> dict[str, np.ndarray]:
+  """All float64 buffers of `DiffusionSchedule` (but `timesteps`) from betas of shape `(T,)`."""
+  betas = check_betas(betas)
+  alphas = 1.0 - betas
+  alphas_cumprod = np.cumprod(alphas)
+  alphas_cumprod_prev = np.append(1.0, alphas_cumprod[:-1])
+  posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
+  # posterior_variance[0] is 0; clip the log there to the next value, as in Ho et al.
+  first = posterior_variance[1] if len(betas) > 1 else betas[0]
+  posterior_variance_clipped = np.append(first, posterior_variance[1:])
+  # fixed_large: sigma_t^2 = beta_t, but the paper's posterior variance at t = 0
+  # (a better decoder likelihood; sampling adds no noise there anyway).
+  fixed_large_variance = np.append(first, betas[1:])
+  with np.errstate(divide="ignore"):
+    return dict(
+        betas=betas,
+        alphas_cumprod=alphas_cumprod,
+        alphas_cumprod_prev=alphas_cumprod_prev,
+        sqrt_alphas_cumprod=np.sqrt(alphas_cumprod),
+        sqrt_one_minus_alphas_cumprod=np.sqrt(1.0 - alphas_cumprod),
+        log_one_minus_alphas_cumprod=np.log(1.0 - alphas_cumprod),
+        sqrt_recip_alphas_cumprod=np.sqrt(1.0 / alphas_cumprod),
+        sqrt_recipm1_alphas_cumprod=np.sqrt(1.0 / alphas_cumprod - 1.0),
+        posterior_variance=posterior_variance,
+        posterior_log_variance_clipped=np.log(posterior_variance_clipped),
+        posterior_mean_coef1=betas * np.sqrt(alphas_cumprod_prev) / (1.0 - alphas_cumprod),
+        posterior_mean_coef2=(1.0 - alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - alphas_cumprod),
+        fixed_large_variance=fixed_large_variance,
+        fixed_large_log_variance=np.log(fixed_large_variance),
+    )
+
+
+def make_schedule(
+    betas: np.ndarray,
+    dtype: jnp.dtype = jnp.float32,
+    timesteps: np.ndarray | None = None,
+) -> DiffusionSchedule:
+  """`DiffusionSchedule` from float64 betas, every buffer computed in float64 and cast once.
+
+  Args:
+    betas: betas of shape `(T,)`, each in (0, 1].
+    dtype: floating dtype of the buffers.
+    timesteps: original-process index of each step, shape `(T,)`; defaults
+      to `arange(T)`. Set by `respace`.
+
+  Returns:
+    The schedule.
+  """
+  buffers = schedule_buffers(betas)
+  T = len(buffers["betas"])
+  timesteps = np.arange(T) if timesteps is None else np.asarray(timesteps)
+  if timesteps.shape != (T,):
+    raise ValueError(f"timesteps must have shape ({T},), got {timesteps.shape}.")
+  return DiffusionSchedule(
+      **{k: jnp.asarray(v, dtype=dtype) for k, v in buffers.items()},
+      timesteps=jnp.asarray(timesteps, dtype=jnp.int32),
+  )
+
+
+def space_timesteps(num_diffusion_steps: int, num_steps: int) -> np.ndarray:
+  """`num_steps` indices evenly spread over `[0, T)`, always keeping 0 and T - 1.
+
+  Args:
+    num_diffusion_steps: T of the original process.
+    num_steps: how many steps to keep, in `[1, T]`.
+
+  Returns:
+    Increasing int array of shape `(num_steps,)`.
+  """
+  T = _check_num_steps(num_diffusion_steps)
+  if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps <= T:
+    raise ValueError(f"num_steps must be an integer in [1, {T}], got {num_steps!r}.")
+  if num_steps == 1:
+    return np.array([T - 1])
+  # Points at least 1 apart round to distinct integers.
+  return np.round(np.linspace(0, T - 1, num_steps)).astype(np.int64)
+
+
+def respace_betas(betas: np.ndarray, timesteps: Sequence[int] | np.ndarray) -> np.ndarray:
+  """beta'_i = 1 - alpha_bar[t_i] / alpha_bar[t_{i-1}]: the process that visits only `timesteps`.
+
+  Args:
+    betas: float64 betas of the original process, shape `(T,)`.
+    timesteps: strictly increasing kept indices in `[0, T)`.
+
+  Returns:
+    float64 betas of shape `(len(timesteps),)`.
+  """
+  alphas_cumprod = np.cumprod(1.0 - check_betas(betas))
+  timesteps = np.asarray(timesteps)
+  T = len(alphas_cumprod)
+  if (timesteps.ndim != 1 or timesteps.size == 0 or not np.issubdtype(timesteps.dtype, np.integer)
+      or timesteps[0] < 0 or timesteps[-1] >= T or np.any(np.diff(timesteps) <= 0)):
+    raise ValueError(
+        f"timesteps must be a non-empty strictly increasing integer sequence in [0, {T}), "
+        f"got {timesteps!r}.")
+  kept = alphas_cumprod[timesteps]
+  return 1.0 - kept / np.append(1.0, kept[:-1])
+
+
+def respace(
+    betas: np.ndarray,
+    timesteps: Sequence[int] | np.ndarray,
+    dtype: jnp.dtype = jnp.float32,
+) -> DiffusionSchedule:
+  """The schedule of the sub-process that visits only `timesteps` (Nichol & Dhariwal).
+
+  Takes the float64 betas rather than a `DiffusionSchedule`: the new betas are
+  ratios of neighbouring alpha_bar, which float32 buffers would lose to
+  cancellation. The result's `timesteps` maps each new step to the original
+  index, which is what the network is given.
+
+  Args:
+    betas: float64 betas of the original process, shape `(T,)`.
+    timesteps: strictly increasing kept indices in `[0, T)`.
+    dtype: floating dtype of the buffers.
+
+  Returns:
+    A schedule with `len(timesteps)` steps.
+  """
+  return make_schedule(respace_betas(betas, timesteps), dtype=dtype, timesteps=np.asarray(timesteps))

@@ -1,0 +1,175 @@
+"""Samplers: exact output laws on Gaussian data, structure of the chain, and transformations."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import reference as ref
+from diffusion_jax import diffusion, sampling, schedules
+
+T = 1000
+BETAS = schedules.get_beta_schedule("linear", num_diffusion_steps=T)
+ABAR = ref.alphas_cumprod(BETAS)
+SCHED = schedules.make_schedule(BETAS)
+N_ROWS, N_DIMS = 1000, 100  # 100k independent scalar samples
+N = N_ROWS * N_DIMS
+
+
+def optimal_eps(m, s):
+  """E[eps | x_t] for data N(m, s^2); `t` indexes the original process, as a network's would."""
+
+  def model_fn(x_t, t):
+    abar = SCHED.alphas_cumprod[t][:, None]
+    return jnp.sqrt(1 - abar) * (x_t - jnp.sqrt(abar) * m) / (abar * s * s + 1 - abar)
+  return model_fn
+
+
+def _moments(x):
+  x = np.asarray(x, np.float64).ravel()
+  return x.mean(), x.std(ddof=1)
+
+
+def _assert_moments(x, mu, sd, what):
+  """Within 5 standard errors: se(mean) = sd / sqrt(N), se(sd) = sd / sqrt(2 (N - 1))."""
+  got_mu, got_sd = _moments(x)
+  tol_mu, tol_sd = 5 * sd / np.sqrt(N), 5 * sd / np.sqrt(2 * (N - 1))
+  assert abs(got_mu - mu) < tol_mu, f"{what}: mean {got_mu:.5f} vs {mu:.5f} (tol {tol_mu:.5f})"
+  assert abs(got_sd - sd) < tol_sd, f"{what}: std {got_sd:.5f} vs {sd:.5f} (tol {tol_sd:.5f})"
+
+
+M, S = 0.3, 0.5
+CASES = {
+    # name: (sampler call, exact moments of that sampler, whether it must also hit the data law)
+    "ancestral_fixed_small": (
+        lambda key: sampling.sample(optimal_eps(M, S), SCHED, (N_ROWS, N_DIMS), key,
+                                    model_var_type="fixed_small", clip_denoised=False),
+        ref.gaussian_sampler_moments(ABAR, M, S, variance="small"), True),
+    "ancestral_fixed_large": (
+        lambda key: sampling.sample(optimal_eps(M, S), SCHED, (N_ROWS, N_DIMS), key,
+                                    model_var_type="fixed_large", clip_denoised=False),
+        ref.gaussian_sampler_moments(ABAR, M, S, variance="large"), True),
+    "ddim_eta0": (
+        lambda key: sampling.ddim_sample(optimal_eps(M, S), SCHED, (N_ROWS, N_DIMS), key,
+                                         eta=0.0, clip_denoised=False),
+        ref.gaussian_sampler_moments(ABAR, M, S, variance="", eta=0.0), True),
+    "ddim_eta1": (
+        lambda key: sampling.ddim_sample(optimal_eps(M, S), SCHED, (N_ROWS, N_DIMS), key,
+                                         eta=1.0, clip_denoised=False),
+        ref.gaussian_sampler_moments(ABAR, M, S, variance="", eta=1.0), True),
+    "respaced_250_fixed_large": (
+        lambda key: sampling.sample(optimal_eps(M, S), schedules.respace(BETAS, schedules.space_timesteps(T, 250)),
+                                    (N_ROWS, N_DIMS), key, model_var_type="fixed_large", clip_denoised=False),
+        ref.gaussian_sampler_moments(ABAR[schedules.space_timesteps(T, 250)], M, S, variance="large"), True),
+    # 50 steps: a real discretisation bias (std 0.472 for 0.5), so only the exact law is checked.
+    "ddim_50_eta0": (
+        lambda key: sampling.ddim_sample(optimal_eps(M, S), SCHED, (N_ROWS, N_DIMS), key,
+                                         num_steps=50, eta=0.0, clip_denoised=False),
+        ref.gaussian_sampler_moments(ABAR[schedules.space_timesteps(T, 50)], M, S, variance="", eta=0.0), False),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_gaussian_data_sampling_law(name):
+  call, (mu, sd), hits_data = CASES[name]
+  x = jax.jit(call)(jax.random.key(7))
+  assert x.shape == (N_ROWS, N_DIMS)
+  _assert_moments(x, mu, sd, f"{name} vs its exact law")
+  if hits_data:
+    _assert_moments(x, M, S, f"{name} vs the data")
+
+
+def test_fixed_large_is_exact_for_standard_normal_data():
+  """For N(0, 1) data every x_t is N(0, 1) and sigma_t^2 = beta_t makes each reverse step exact."""
+  x = jax.jit(lambda k: sampling.sample(optimal_eps(0.0, 1.0), SCHED, (N_ROWS, N_DIMS), k,
+                                        model_var_type="fixed_large", clip_denoised=False))(jax.random.key(3))
+  mu, sd = ref.gaussian_sampler_moments(ABAR, 0.0, 1.0, variance="large")
+  assert abs(sd - np.sqrt(1 - BETAS[0])) < 1e-12  # the only departure: no noise at t = 0
+  _assert_moments(x, 0.0, 1.0, "N(0,1)")
+
+
+def test_no_noise_at_last_step_and_trajectory():
+  model = lambda x, t: 0.1 * x
+  shape = (4, 3)
+  sched = schedules.make_schedule(schedules.get_beta_schedule("linear", num_diffusion_steps=50))
+  x0, traj = jax.jit(lambda k: sampling.sample(model, sched, shape, k, return_every=1))(jax.random.key(0))
+  np.testing.assert_array_equal(traj.timesteps, np.arange(49, -1, -1))
+  # The final sample is exactly the mean at t = 0 from the last saved state.
+  t0 = jnp.zeros((4,), jnp.int32)
+  last = diffusion.p_mean_variance(sched, model(traj.x_t[-1], t0), traj.x_t[-1], t0)
+  np.testing.assert_allclose(x0, last.mean, rtol=1e-6, atol=1e-7)
+  np.testing.assert_allclose(traj.pred_xstart[-1], last.pred_xstart, rtol=1e-6)
+  # Subsampled trajectories are the same chain, and return_every does not change the sample.
+  x0_b, traj_b = sampling.sample(model, sched, shape, jax.random.key(0), return_every=7)
+  np.testing.assert_array_equal(traj_b.timesteps, np.arange(49, -1, -7))
+  np.testing.assert_allclose(traj_b.x_t, traj.x_t[::7], rtol=1e-6)
+  np.testing.assert_allclose(x0_b, x0, rtol=1e-6)
+  np.testing.assert_allclose(sampling.sample(model, sched, shape, jax.random.key(0)), x0, rtol=1e-6)
+  # Clipping keeps every x_0 prediction in [-1, 1].
+  assert float(jnp.abs(traj.pred_xstart).max()) <= 1.0
+
+
+def test_ddim_eta0_is_deterministic_given_x_T_and_trajectory():
+  model = lambda x, t: 0.2 * x
+  x0, traj = sampling.ddim_sample(model, SCHED, (8, 2), jax.random.key(1), num_steps=20, return_every=5)
+  np.testing.assert_array_equal(traj.timesteps, schedules.space_timesteps(T, 20)[::-1][::5])
+  # With eta = 0 the noise key does not matter once x_T is fixed.
+  x0_again = sampling.ddim_sample(model, SCHED, (8, 2), jax.random.key(1), num_steps=20)
+  np.testing.assert_allclose(x0_again, x0, rtol=1e-6)
+
+
+def _count_traces(T_):
+  count = [0]
+
+  def model(x, t):
+    count[0] += 1
+    return 0.1 * x
+
+  sched = schedules.make_schedule(schedules.get_beta_schedule("linear", num_diffusion_steps=T_))
+  jaxpr = jax.make_jaxpr(lambda k: sampling.sample(model, sched, (2, 3), k))(jax.random.key(0))
+  return count[0], len(jaxpr.eqns)
+
+
+def test_step_body_traced_once_and_program_size_independent_of_T():
+  assert _count_traces(50) == _count_traces(1000) == (1, _count_traces(50)[1])
+
+
+def test_params_as_argument_grad_and_vmap():
+  shape = (6, 2)
+  sched = schedules.make_schedule(schedules.get_beta_schedule("linear", num_diffusion_steps=100))
+
+  @jax.jit
+  def draw(params, key):
+    return sampling.ddim_sample(lambda x, t: params["w"] * x + params["b"], sched, shape, key,
+                                num_steps=10, clip_denoised=False)
+
+  params = {"w": jnp.float32(0.3), "b": jnp.float32(0.1)}
+  x = draw(params, jax.random.key(0))
+  assert x.shape == shape and np.all(np.isfinite(x))
+  g = jax.grad(lambda p: draw(p, jax.random.key(0)).mean())(params)
+  assert np.isfinite(g["w"]) and g["b"] != 0
+  keys = jax.random.split(jax.random.key(0), 3)
+  batched = jax.vmap(lambda k: draw(params, k))(keys)
+  np.testing.assert_allclose(batched[0], draw(params, keys[0]), rtol=1e-5, atol=1e-6)
+  assert not np.allclose(batched[0], batched[1])
+
+
+def test_learned_range_and_other_mean_types_sample():
+  sched = schedules.make_schedule(schedules.get_beta_schedule("cosine", num_diffusion_steps=50))
+  model = lambda x, t: jnp.concatenate([0.5 * x, jnp.tanh(x)], -1)
+  for mean_type in ["eps", "xstart", "v"]:
+    x = sampling.sample(model, sched, (4, 2, 2, 3), jax.random.key(0), model_mean_type=mean_type,
+                        model_var_type="learned_range")
+    assert x.shape == (4, 2, 2, 3) and np.all(np.isfinite(x))
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: sampling.sample(lambda x, t: x, SCHED, (4,), jax.random.key(0)), "shape"),
+    (lambda: sampling.sample(lambda x, t: x, SCHED, (4, 2), jax.random.key(0), model_var_type="x"), "model_var_type"),
+    (lambda: sampling.sample(lambda x, t: x, SCHED, (4, 2), jax.random.key(0), return_every=0), "return_every"),
+    (lambda: sampling.ddim_sample(lambda x, t: x, SCHED, (4, 2), jax.random.key(0), eta=-1.0), "eta"),
+    (lambda: sampling.ddim_sample(lambda x, t: x, SCHED, (4, 2), jax.random.key(0), num_steps=0), "num_steps"),
+])
+def test_bad_input_raises(call, match):
+  with pytest.raises(ValueError, match=match):
+    call()

@@ -1,0 +1,128 @@
+"""Schedules against float64 references written from the formulas."""
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import reference as ref
+from diffusion_jax import schedules
+
+F32_RTOL = ref.F32_RTOL
+
+
+@pytest.mark.parametrize("T", [1000, 500, 4000])
+def test_linear_matches_paper_and_scales_with_T(T):
+  betas = schedules.get_beta_schedule("linear", num_diffusion_steps=T)
+  assert betas.dtype == np.float64 and betas.shape == (T,)
+  scale = 1000 / T
+  np.testing.assert_allclose(betas, ref.linear_betas(T, 1e-4 * scale, 0.02 * scale), rtol=1e-14)
+  assert betas[0] == pytest.approx(1e-4 * scale, rel=1e-15) and betas[-1] == pytest.approx(0.02 * scale, rel=1e-15)
+
+
+def test_linear_endpoints_overridable():
+  betas = schedules.get_beta_schedule("linear", num_diffusion_steps=10, beta_start=0.1, beta_end=0.2)
+  np.testing.assert_allclose(betas, ref.linear_betas(10, 0.1, 0.2), rtol=1e-14)
+
+
+@pytest.mark.parametrize("T", [1000, 4000])
+def test_cosine_matches_nichol_dhariwal(T):
+  betas = schedules.get_beta_schedule("cosine", num_diffusion_steps=T)
+  np.testing.assert_allclose(betas, ref.cosine_betas(T), rtol=1e-10)
+  assert betas.max() == 0.999  # The last step is clipped.
+  # alpha_bar follows f(t)/f(0) up to the clipped final step.
+  f = lambda u: np.cos((u / T + 0.008) / 1.008 * np.pi / 2) ** 2
+  np.testing.assert_allclose(ref.alphas_cumprod(betas)[:-1], f(np.arange(1, T)) / f(0), rtol=1e-10)
+
+
+def test_other_schedules():
+  T = 100
+  quad = schedules.get_beta_schedule("quadratic", num_diffusion_steps=T, beta_start=1e-4, beta_end=0.02)
+  np.testing.assert_allclose(np.sqrt(quad), ref.linear_betas(T, 1e-2, math.sqrt(0.02)), rtol=1e-13)
+  sig = schedules.get_beta_schedule("sigmoid", num_diffusion_steps=T, beta_start=1e-4, beta_end=0.02)
+  x = np.linspace(-6, 6, T)
+  np.testing.assert_allclose(sig, 1e-4 + (0.02 - 1e-4) / (1 + np.exp(-x)), rtol=1e-13)
+  assert np.all(np.diff(sig) > 0)
+  const = schedules.get_beta_schedule("constant", num_diffusion_steps=T, beta=0.05)
+  np.testing.assert_array_equal(const, np.full(T, 0.05))
+  custom = schedules.get_beta_schedule("custom", num_diffusion_steps=3, betas=[0.1, 0.5, 1.0])
+  np.testing.assert_array_equal(custom, [0.1, 0.5, 1.0])
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: schedules.get_beta_schedule("lnear", num_diffusion_steps=10), "Unknown beta schedule 'lnear'"),
+    (lambda: schedules.get_beta_schedule("linear", num_diffusion_steps=0), "num_diffusion_steps"),
+    (lambda: schedules.get_beta_schedule("linear", num_diffusion_steps=10.0), "num_diffusion_steps"),
+    (lambda: schedules.get_beta_schedule("linear", num_diffusion_steps=10), "entry 5 is 1.1155"),
+    (lambda: schedules.get_beta_schedule("linear", num_diffusion_steps=5, beta_start=0.0, beta_end=0.1), r"\(0, 1\]"),
+    (lambda: schedules.get_beta_schedule("custom", num_diffusion_steps=2, betas=[0.1, np.nan]), r"\(0, 1\]"),
+    (lambda: schedules.get_beta_schedule("custom", num_diffusion_steps=3, betas=[0.1, 0.2]), r"shape"),
+    (lambda: schedules.get_beta_schedule("cosine", num_diffusion_steps=10, beta_end=0.1), "beta_end"),
+    (lambda: schedules.space_timesteps(10, 11), "num_steps"),
+    (lambda: schedules.respace_betas(np.full(10, 0.1), [3, 3]), "strictly increasing"),
+    (lambda: schedules.respace_betas(np.full(10, 0.1), [0, 10]), r"\[0, 10\)"),
+])
+def test_bad_input_raises(call, match):
+  with pytest.raises(ValueError, match=match):
+    call()
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_schedule_buffers_match_float64_reference(name):
+  T = 1000
+  betas = schedules.get_beta_schedule(name, num_diffusion_steps=T)
+  s = schedules.make_schedule(betas)
+  abar = ref.alphas_cumprod(betas)
+  abar_prev = np.concatenate([[1.0], abar[:-1]])
+  post_var = betas * (1 - abar_prev) / (1 - abar)
+  expected = {
+      "betas": betas,
+      "alphas_cumprod": abar,
+      "alphas_cumprod_prev": abar_prev,
+      "sqrt_alphas_cumprod": abar**0.5,
+      "sqrt_one_minus_alphas_cumprod": (1 - abar) ** 0.5,
+      "log_one_minus_alphas_cumprod": np.log(1 - abar),
+      "sqrt_recip_alphas_cumprod": abar**-0.5,
+      "sqrt_recipm1_alphas_cumprod": (1 / abar - 1) ** 0.5,
+      "posterior_variance": post_var,
+      "posterior_log_variance_clipped": np.log(np.concatenate([[post_var[1]], post_var[1:]])),
+      "posterior_mean_coef1": betas * abar_prev**0.5 / (1 - abar),
+      "posterior_mean_coef2": (1 - abar_prev) * (1 - betas) ** 0.5 / (1 - abar),
+      "fixed_large_variance": np.concatenate([[post_var[1]], betas[1:]]),
+      "fixed_large_log_variance": np.log(np.concatenate([[post_var[1]], betas[1:]])),
+  }
+  for key, want in expected.items():
+    got = getattr(s, key)
+    assert got.dtype == jnp.float32 and got.shape == (T,), key
+    # Every buffer is the float64 value cast once: float32 rounding only.
+    np.testing.assert_allclose(np.asarray(got, np.float64), want, rtol=F32_RTOL, atol=0, err_msg=key)
+  np.testing.assert_array_equal(s.timesteps, np.arange(T))
+
+
+def test_posterior_coefficients_equal_bayes_product_of_gaussians():
+  betas = schedules.get_beta_schedule("linear", num_diffusion_steps=1000)
+  buf = schedules.schedule_buffers(betas)
+  rng = np.random.default_rng(0)
+  x0, xt = rng.normal(size=5), rng.normal(size=5)
+  for t in [0, 1, 2, 10, 500, 999]:
+    mean, var = ref.posterior_by_bayes(betas, x0, xt, t)
+    np.testing.assert_allclose(buf["posterior_mean_coef1"][t] * x0 + buf["posterior_mean_coef2"][t] * xt, mean,
+                               rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(buf["posterior_variance"][t], var, rtol=1e-10, atol=1e-300)
+
+
+def test_space_timesteps_and_respace():
+  np.testing.assert_array_equal(schedules.space_timesteps(1000, 1), [999])
+  kept = schedules.space_timesteps(1000, 50)
+  assert kept[0] == 0 and kept[-1] == 999 and len(np.unique(kept)) == 50
+  np.testing.assert_array_equal(schedules.space_timesteps(10, 10), np.arange(10))
+  betas = schedules.get_beta_schedule("linear", num_diffusion_steps=1000)
+  new_betas = schedules.respace_betas(betas, kept)
+  # The respaced process has exactly the kept alphas_cumprod.
+  np.testing.assert_allclose(ref.alphas_cumprod(new_betas), ref.alphas_cumprod(betas)[kept], rtol=1e-12)
+  s = schedules.respace(betas, kept)
+  assert s.num_steps == 50
+  np.testing.assert_array_equal(s.timesteps, kept)
+  # Respacing onto every step is the identity.
+  np.testing.assert_allclose(schedules.respace_betas(betas, np.arange(1000)), betas, rtol=1e-9)
