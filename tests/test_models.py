@@ -1,0 +1,161 @@
+"""The DDPM UNet and the toy MLP: exact parameter counts, embedding, dropout, dtypes, remat, validation."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import reference as ref
+from diffusion_jax.models.layers import timestep_embedding
+from diffusion_jax.models.mlp import MLPDenoiser
+from diffusion_jax.models.unet import UNet
+
+TOY = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), dropout=0.1)
+
+
+def _num_params(model, image_shape):
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *image_shape)), jnp.zeros((1,), jnp.int32)))
+  return sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
+
+
+def test_cifar10_unet_has_the_papers_35_7m_parameters():
+  assert _num_params(UNet(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,)), (32, 32, 3)) == 35_746_307
+
+
+def test_256_unet_has_the_papers_114m_parameters():
+  model = UNet(ch=128, ch_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2, attn_resolutions=(16,))
+  assert _num_params(model, (256, 256, 3)) == 113_673_219
+
+
+def test_learned_variance_and_class_conditioning_add_exactly_their_parameters():
+  base = _num_params(UNet(**TOY), (16, 16, 3))
+  # conv_out: 3x3 kernel from ch channels, 3 more outputs (+3 biases).
+  assert _num_params(UNet(**TOY, out_channels=6), (16, 16, 3)) == base + 3 * (9 * 32 + 1)
+  assert _num_params(UNet(**TOY, num_classes=10), (16, 16, 3)) == base + 11 * 4 * 32
+
+
+@pytest.mark.parametrize("dim", [4, 31, 128])
+def test_timestep_embedding_matches_float64(dim):
+  t = np.array([0, 1, 17, 500, 999])
+  got = jax.jit(timestep_embedding, static_argnums=1)(jnp.asarray(t), dim)
+  # Arguments up to ~1000 rad in float32: absolute error ~ 1000 * 6e-8.
+  np.testing.assert_allclose(got, ref.timestep_embedding(t, dim), atol=1e-4, rtol=0)
+  assert got.shape == (5, dim) and got.dtype == jnp.float32
+
+
+def _random_variables(model, seed, *args):
+  """Random parameters of `model.init`'s shapes, away from the near-zero output init, without compiling init.
+
+  Kernels and biases ~ N(0, 0.05^2), GroupNorm scales 1 + N(0, 0.05^2): every layer shapes the output.
+  """
+  shapes = jax.eval_shape(model.init, jax.random.key(0), *args)
+  paths, tree = jax.tree_util.tree_flatten_with_path(shapes)
+  rng = np.random.default_rng(seed)
+  leaves = [jnp.asarray((jax.tree_util.keystr(p).endswith("['scale']") * 1.0) + 0.05 * rng.normal(size=s.shape),
+                        jnp.float32) for p, s in paths]
+  return jax.tree.unflatten(tree, leaves)
+
+
+@pytest.fixture(scope="module")
+def toy():
+  model = UNet(**TOY)
+  x = jax.random.normal(jax.random.key(1), (4, 16, 16, 3))
+  t = jnp.array([0, 10, 500, 999])
+  return model, _random_variables(model, 2, x, t), x, t
+
+
+APPLY = jax.jit(UNet(**TOY).apply, static_argnames="train")
+
+
+def test_output_shape_and_init(toy):
+  model, _, x, t = toy
+  variables = jax.jit(model.init)(jax.random.key(0), x, t)
+  out = APPLY(variables, x, t)
+  assert out.shape == x.shape and out.dtype == jnp.float32
+  # Output conv at variance scale 1e-10 (the paper's "zero" init): weights below sqrt(3e-10 / fan_avg).
+  assert float(jnp.abs(out).max()) < 1e-3
+  p = variables["params"]
+  assert float(jnp.abs(p["conv_out"]["kernel"]).max()) < 1e-5
+  assert float(jnp.abs(p["down_0_block_0"]["conv2"]["kernel"]).max()) < 1e-5
+  k = np.asarray(p["down_1_block_0"]["conv1"]["kernel"])  # 3x3, 32 -> 64
+  limit = math.sqrt(3.0 / ((9 * 32 + 9 * 64) / 2))  # uniform variance scaling, fan_avg, scale 1
+  assert np.abs(k).max() <= limit and abs(k.std() - limit / math.sqrt(3)) < 0.02 * limit
+  wide = UNet(**TOY, out_channels=6)
+  assert jax.eval_shape(lambda: wide.apply(wide.init(jax.random.key(0), x, t), x, t)).shape == (4, 16, 16, 6)
+
+
+def test_dropout_only_in_training_and_deterministic_given_key(toy):
+  _, variables, x, t = toy
+  run = lambda seed: APPLY(variables, x, t, train=True, rngs={"dropout": jax.random.key(seed)})
+  eval_out = APPLY(variables, x, t)  # eval mode takes no dropout rng at all
+  np.testing.assert_array_equal(run(3), run(3))
+  assert not np.allclose(run(3), run(4))
+  assert not np.allclose(run(3), eval_out)
+
+
+def test_bfloat16_compute_close_to_float32(toy):
+  """bf16 has an 8-bit mantissa (relative rounding 2^-9); over ~20 layers we allow 5% relative RMS error."""
+  model, variables, x, t = toy
+  out32 = APPLY(variables, x, t)
+  bf16 = UNet(**TOY, dtype=jnp.bfloat16)
+  bf16_shapes = jax.eval_shape(bf16.init, jax.random.key(0), x, t)
+  assert jax.tree.map(lambda p: p.dtype, bf16_shapes) == jax.tree.map(lambda p: p.dtype, variables)
+  out16 = jax.jit(bf16.apply)(variables, x, t)
+  assert out16.dtype == jnp.float32
+  rel = float(jnp.linalg.norm(out16 - out32) / jnp.linalg.norm(out32))
+  assert 0 < rel < 0.05, rel
+
+
+def test_remat_gives_the_same_gradients(toy):
+  model, variables, x, t = toy
+  loss = lambda m: lambda v: jnp.sum(m.apply(v, x, t, train=True, rngs={"dropout": jax.random.key(5)}) ** 2)
+  g = jax.jit(jax.grad(loss(model)))(variables)
+  g_remat = jax.jit(jax.grad(loss(model.clone(remat=True))))(variables)
+  # Same math, reordered float32 sums; some leaves (biases feeding a GroupNorm) have true gradient 0,
+  # so the tolerance is relative to the largest gradient anywhere.
+  scale = max(float(jnp.abs(a).max()) for a in jax.tree.leaves(g))
+  for a, b in zip(jax.tree.leaves(g), jax.tree.leaves(g_remat)):
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * scale)
+
+
+def test_class_conditioning_and_null_label(toy):
+  _, _, x, t = toy
+  model = UNet(**TOY, num_classes=10)
+  variables = _random_variables(model, 3, x, t, jnp.zeros((4,), jnp.int32))
+  apply = jax.jit(model.apply)
+  out = apply(variables, x, t, jnp.array([0, 3, 3, 9]))
+  assert not np.allclose(out, apply(variables, x, t, jnp.array([1, 3, 3, 9])))
+  np.testing.assert_allclose(apply(variables, x, t, None), apply(variables, x, t, jnp.full((4,), 10)), rtol=1e-6, atol=1e-6)
+  with pytest.raises(ValueError, match="unconditional"):
+    UNet(**TOY).apply(toy[1], x, t, jnp.zeros((4,), jnp.int32))
+
+
+@pytest.mark.parametrize("kwargs, shape, match", [
+    (dict(ch_mult=(1, 2, 2, 2)), (20, 20, 3), r"image size 20x20 is not divisible by 2\^\(levels - 1\) = 8"),
+    (dict(ch=48), (16, 16, 3), r"48 channels, not divisible by model.num_groups = 32"),
+    (dict(attn_resolutions=(5,)), (16, 16, 3), r"attn_resolutions .* includes \[5\]"),
+    (dict(dropout=1.0), (16, 16, 3), r"model.dropout = 1.0"),
+    (dict(num_res_blocks=0), (16, 16, 3), r"model.num_res_blocks = 0"),
+    (dict(ch_mult=()), (16, 16, 3), r"model.ch_mult"),
+])
+def test_bad_configurations_raise(kwargs, shape, match):
+  model = UNet(**{**TOY, **kwargs})
+  with pytest.raises(ValueError, match=match):
+    model.check(shape)
+  with pytest.raises(ValueError, match=match):
+    jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *shape)), jnp.zeros((1,), jnp.int32)))
+
+
+def test_mlp_denoiser():
+  model = MLPDenoiser(hidden=32, num_layers=2)
+  x, t = jnp.ones((5, 2)), jnp.arange(5)
+  variables = model.init(jax.random.key(0), x, t)
+  out = model.apply(variables, x, t)
+  assert out.shape == (5, 2) and np.all(np.isfinite(out))
+  assert MLPDenoiser(hidden=32, out_dim=4).apply(MLPDenoiser(hidden=32, out_dim=4).init(jax.random.key(0), x, t), x, t).shape == (5, 4)
+  # The output depends on t through the embedding.
+  assert not np.allclose(out, model.apply(variables, x, t + 100))
+  with pytest.raises(ValueError, match="shape"):
+    model.apply(variables, x, t[:2])
