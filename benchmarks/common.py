@@ -1,0 +1,83 @@
+"""Shared pieces of the benchmark scripts: timing, XLA FLOP counts, the machine's matmul rate, output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+def block(x: Any) -> Any:
+  return jax.tree.map(lambda a: a.block_until_ready() if isinstance(a, jax.Array) else a, x)
+
+
+def time_call(fn: Callable[[], Any], *, repeats: int = 5, min_seconds: float = 0.5) -> float:
+  """Median seconds of one `fn()` over `repeats` measurements, each averaging >= `min_seconds` of calls."""
+  block(fn())  # warm-up (and compile)
+  start = time.perf_counter()
+  block(fn())
+  n = max(1, int(min_seconds / max(time.perf_counter() - start, 1e-9)))
+  samples = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    for _ in range(n):
+      out = fn()
+    block(out)
+    samples.append((time.perf_counter() - start) / n)
+  return statistics.median(samples)
+
+
+def compile_seconds_and_flops(jitted: Any, *args: Any) -> tuple[Any, float, float]:
+  """(compiled, seconds to lower and compile, FLOPs of one call from XLA's cost analysis)."""
+  start = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  seconds = time.perf_counter() - start
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return compiled, seconds, float(cost.get("flops", float("nan")))
+
+
+def matmul_gflops(dtype: jnp.dtype = jnp.float32, n: int = 2048) -> float:
+  """The machine's measured dense matmul rate: GFLOP/s of an n x n x n product."""
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
+  b = jax.random.normal(jax.random.key(1), (n, n), dtype)
+  mm = jax.jit(jnp.matmul)
+  seconds = time_call(lambda: mm(a, b), repeats=5, min_seconds=1.0)
+  return 2 * n**3 / seconds / 1e9
+
+
+def machine() -> dict[str, Any]:
+  devices = jax.devices()
+  return {
+      "platform": devices[0].platform,
+      "device_kind": devices[0].device_kind,
+      "num_devices": len(devices),
+      "cpu_count": os.cpu_count(),
+      "processor": platform.processor() or platform.machine(),
+      "jax": jax.__version__,
+      "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "date": time.strftime("%Y-%m-%d"),
+  }
+
+
+def report(title: str, rows: Sequence[dict[str, Any]], columns: Sequence[str], path: str | None,
+           extra: dict[str, Any] | None = None) -> None:
+  """Prints `rows` as a table and writes them, with the machine, as JSON to `path`."""
+  fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
+  widths = [max(len(c), *(len(fmt(r.get(c, ""))) for r in rows)) for c in columns]
+  print(f"\n{title}")
+  print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+  print("  ".join("-" * w for w in widths))
+  for r in rows:
+    print("  ".join(fmt(r.get(c, "")).ljust(w) for c, w in zip(columns, widths)))
+  if path:
+    with open(path, "w") as f:
+      json.dump({"title": title, "machine": machine(), **(extra or {}), "rows": list(rows)}, f, indent=2)
+    print(f"wrote {path}")

@@ -1,0 +1,25 @@
+"""MNIST (28x28x1) with a 3-level UNet.
+
+    python main.py --config configs/mnist.py --workdir workdirs/mnist
+
+Needs MNIST prepared as array_record once (see README). Digits are clearly
+formed after ~20k steps.
+"""
+
+from configs import default
+
+
+def get_config():
+  c = default.get_config()
+  c.data.dataset = "mnist"
+  c.model.ch = 64
+  c.model.ch_mult = (1, 2, 2)
+  c.model.num_res_blocks = 2
+  c.model.attn_resolutions = (14,)
+  c.training.num_train_steps = 50_000
+  c.training.learning_rate = 2e-4
+  c.training.warmup_steps = 1000
+  c.training.ema_decay = 0.9995
+  c.training.checkpoint_every_steps = 5000
+  c.training.sample_every_steps = 10_000
+  return c

@@ -1,0 +1,236 @@
+"""Input pipelines: TFDS `data_source` + grain for images, in-memory 2-D toy distributions.
+
+Every pipeline is a random-access grain `MapDataset` whose element `s` is the
+batch of training step `s`: shuffled from the seed, a fresh permutation every
+epoch, optional horizontal flips drawn per record from the seed. So the data
+position is the step, which the checkpoint holds: a resumed run reads exactly
+the batches an uninterrupted run would have. Each host materialises only its
+own slice of every global batch, and the global batch does not depend on how
+many hosts or devices read it.
+
+Host batches are uint8 images (NHWC) or float32 points; `to_model_input`
+scales images to [-1, 1] on the device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import grain
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+
+IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
+TOY_DATASETS = ("swiss_roll", "two_moons")
+DATASETS = IMAGE_DATASETS + TOY_DATASETS
+DIGITS_TEST_SIZE = 297  # of sklearn's 1797 digits; the other 1500 train
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  """What the model needs to know about a dataset."""
+
+  name: str
+  shape: tuple[int, ...]  # of one example: (H, W, C) or (dim,)
+  num_classes: int | None
+  is_image: bool
+
+
+class Digits(tfds.core.GeneratorBasedBuilder):
+  """sklearn's 1797 handwritten digits, 8x8 grey levels 0..16 rescaled to uint8 0..255.
+
+  A real TFDS dataset (registered as `digits`), prepared locally with no
+  download: the images ship inside scikit-learn.
+  """
+
+  VERSION = tfds.core.Version("1.0.0")
+
+  def _info(self) -> tfds.core.DatasetInfo:
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description="sklearn.datasets.load_digits as 8x8x1 uint8 images.",
+        features=tfds.features.FeaturesDict({
+            "image": tfds.features.Tensor(shape=(8, 8, 1), dtype=np.uint8),
+            "label": tfds.features.ClassLabel(num_classes=10),
+        }),
+        supervised_keys=("image", "label"),
+    )
+
+  def _split_generators(self, dl_manager: Any) -> dict[str, Any]:
+    del dl_manager
+    from sklearn.datasets import load_digits
+    digits = load_digits()
+    images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    order = np.random.default_rng(0).permutation(len(images))
+    test, train = order[:DIGITS_TEST_SIZE], order[DIGITS_TEST_SIZE:]
+    return {"train": self._generate_examples(images[train], digits.target[train], train),
+            "test": self._generate_examples(images[test], digits.target[test], test)}
+
+  def _generate_examples(self, images: np.ndarray, labels: np.ndarray, ids: np.ndarray) -> Iterator[Any]:
+    for image, label, i in zip(images, labels, ids):
+      yield int(i), {"image": image, "label": int(label)}
+
+
+def _image_source(name: str, split: str, data_dir: str | None) -> Any:
+  """A random-access TFDS source, preparing `digits` on first use; a clear error for anything unreadable."""
+  how = (f"prepare it once with: python -c \"import tensorflow_datasets as tfds; "
+         f"tfds.builder('{name}', data_dir={data_dir!r}).download_and_prepare(file_format='array_record')\""
+         + ("" if name == "digits" else " (this needs network access, and TensorFlow for the download step)"))
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except Exception as e:  # tfds raises its own error types for unknown or broken builders
+    raise FileNotFoundError(f"data.dataset = {name!r} could not be opened by TFDS: {e}") from e
+  if name == "digits" and not builder.is_prepared():
+    builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
+    builder.download_and_prepare()
+  if not builder.is_prepared():
+    raise FileNotFoundError(f"data.dataset = {name!r} is not prepared in {builder.data_dir!r}; {how}.")
+  file_format = builder.info.file_format
+  if file_format is None or file_format.value not in ("array_record", "parquet"):
+    raise ValueError(
+        f"data.dataset = {name!r} in {builder.data_dir!r} is stored as "
+        f"{getattr(file_format, 'value', file_format)!r}, which tfds.data_source cannot read "
+        f"(it needs random access: array_record or parquet); {how}.")
+  if split not in builder.info.splits:
+    raise ValueError(f"data split {split!r} is not in {name!r}; it has {sorted(builder.info.splits)}.")
+  return builder.as_data_source(split=split)
+
+
+def _toy_points(name: str, split: str, num_points: int = 20_000) -> np.ndarray:
+  """A fixed sample of a 2-D toy distribution, standardised by the training sample's mean and std."""
+  from sklearn import datasets
+
+  def draw(seed: int) -> np.ndarray:
+    rng = np.random.RandomState(seed)
+    if name == "swiss_roll":
+      return datasets.make_swiss_roll(num_points, noise=0.5, random_state=rng)[0][:, [0, 2]]
+    return datasets.make_moons(num_points, noise=0.05, random_state=rng)[0]
+
+  train = draw(0)
+  points = train if split == "train" else draw(1)
+  return ((points - train.mean(0)) / train.std(0)).astype(np.float32)
+
+
+def toy_reference(name: str, num_points: int = 2000) -> np.ndarray:
+  """Held-out points of a toy distribution, to plot samples against."""
+  return _toy_points(name, "test")[:num_points]
+
+
+def check_dataset_name(name: str) -> None:
+  if name not in DATASETS:
+    raise ValueError(f"Unknown data.dataset {name!r}; allowed: {', '.join(DATASETS)}.")
+
+
+def dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
+  """Shape and classes of `config.data.dataset`, reading (or preparing) the data as needed."""
+  name = config.data.dataset
+  check_dataset_name(name)
+  if name in TOY_DATASETS:
+    return DatasetInfo(name, (2,), None, False)
+  source = _image_source(name, "train", config.data.data_dir)
+  example = source[0]
+  num_classes = None
+  if "label" in example:
+    label = source.dataset_info.features["label"]
+    num_classes = label.num_classes if isinstance(label, tfds.features.ClassLabel) else None
+  return DatasetInfo(name, tuple(np.asarray(example["image"]).shape), num_classes, True)
+
+
+def _record(example: dict[str, Any]) -> dict[str, np.ndarray]:
+  out = {"x": np.asarray(example["image"], np.uint8)}
+  if "label" in example:
+    out["label"] = np.asarray(example["label"], np.int32)
+  return out
+
+
+def _flip(record: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+  if rng.random() < 0.5:
+    record = {**record, "x": record["x"][:, ::-1]}
+  return record
+
+
+def _source(config: ml_collections.ConfigDict, split: str) -> grain.MapDataset:
+  name = config.data.dataset
+  check_dataset_name(name)
+  if name in TOY_DATASETS:
+    return grain.MapDataset.source(_toy_points(name, split)).map(lambda p: {"x": p})
+  return grain.MapDataset.source(_image_source(name, split, config.data.data_dir)).map(_record)
+
+
+def check_batch_divisibility(global_batch_size: int, key: str = "training.global_batch_size") -> int:
+  """Raises `ValueError` unless the global batch splits evenly over every device (and so every host)."""
+  devices = jax.device_count()
+  if global_batch_size % devices:
+    raise ValueError(
+        f"{key} = {global_batch_size} is not divisible by the number of devices ({devices}); "
+        f"use a multiple of {devices}.")
+  return global_batch_size // jax.process_count()
+
+
+def train_batches(config: ml_collections.ConfigDict, *, process_index: int | None = None,
+                  process_count: int | None = None) -> grain.MapDataset:
+  """Element `s` is this host's share of the global batch of step `s` (of `steps_per_call` steps, stacked).
+
+  Args:
+    config: the experiment config.
+    process_index, process_count: which host's share; default this process's.
+
+  Returns:
+    A `MapDataset` of dicts: `x` of shape `(local_batch, *shape)` (uint8 images or
+    float32 points), `label` of shape `(local_batch,)` when the dataset has labels;
+    with `training.steps_per_call = k > 1`, element `s` holds steps `s k .. s k + k - 1`
+    stacked on a leading axis.
+  """
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  check_batch_divisibility(config.training.global_batch_size)
+  local = config.training.global_batch_size // process_count
+  ds = _source(config, "train").shuffle(seed=config.seed).repeat(None)
+  if config.data.get("random_flip", False) and config.data.dataset in IMAGE_DATASETS:
+    ds = ds.random_map(_flip, seed=config.seed + 1)
+  ds = ds.batch(local, drop_remainder=True)[process_index::process_count]
+  k = config.training.get("steps_per_call", 1)
+  if k > 1:
+    ds = ds.batch(k, drop_remainder=True)
+  return ds
+
+
+def iterate(ds: grain.MapDataset, start: int, num_threads: int = 2, prefetch: int = 4) -> Iterator[Any]:
+  """Elements `start, start + 1, ...` of `ds`, read ahead by background threads."""
+  return iter(ds[start:].to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)))
+
+
+def eval_batches(config: ml_collections.ConfigDict, split: str, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+  """One pass over `split` in order, this host's share of each global batch, the last batch padded.
+
+  Yields:
+    Dicts like `train_batches`, plus `mask` (float32, 1 for real examples, 0 for padding).
+  """
+  local = check_batch_divisibility(batch_size, "eval.batch_size")
+  ds = _source(config, split)
+  n = len(ds)
+  num_batches = -(-n // batch_size)
+  first = jax.process_index() * local
+  for b in range(num_batches):
+    idx = np.arange(b * batch_size + first, b * batch_size + first + local)
+    records = [ds[int(min(i, n - 1))] for i in idx]
+    batch = {k: np.stack([r[k] for r in records]) for k in records[0]}
+    batch["mask"] = (idx < n).astype(np.float32)
+    yield batch
+
+
+def to_model_input(x: jax.Array) -> jax.Array:
+  """uint8 pixels -> float32 in [-1, 1] (x / 127.5 - 1); float points pass through."""
+  if x.dtype == jnp.uint8:
+    return x.astype(jnp.float32) / 127.5 - 1.0
+  return x.astype(jnp.float32)
+
+
+def to_uint8(x: jax.Array | np.ndarray) -> np.ndarray:
+  """float in [-1, 1] -> uint8 pixels, rounding to the nearest level."""
+  return np.asarray(np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255), np.uint8)

@@ -1,0 +1,61 @@
+"""Running main.py for real in subprocesses, and reading what it wrote."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main_command(config: str, workdir: str, *overrides: str, mode: str = "train") -> list[str]:
+  return [sys.executable, os.path.join(ROOT, "main.py"), f"--config={os.path.join(ROOT, 'configs', config)}",
+          f"--workdir={workdir}", f"--mode={mode}", *overrides]
+
+
+def env(devices: int = 1) -> dict[str, str]:
+  e = dict(os.environ)
+  e["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+  e["JAX_PLATFORMS"] = "cpu"
+  e["PYTHONUNBUFFERED"] = "1"
+  return e
+
+
+def run_main(config: str, workdir: str, *overrides: str, mode: str = "train", devices: int = 1,
+             timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+  proc = subprocess.run(main_command(config, workdir, *overrides, mode=mode), env=env(devices), cwd=ROOT,
+                        capture_output=True, text=True, timeout=timeout)
+  if check and proc.returncode != 0:
+    raise AssertionError(f"main.py failed ({proc.returncode}):\n{proc.stderr[-5000:]}")
+  return proc
+
+
+def free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def load_state(config, workdir: str, step: int | None = None):
+  """The TrainState a checkpoint of `workdir` holds, as numpy, via the library's own restore path."""
+  from diffusion_jax import train
+  from diffusion_jax.checkpoint import Checkpointer
+  s = train.setup(config, workdir)
+  ckpt = Checkpointer(workdir, read_only=True)
+  state, _ = ckpt.restore(train.abstract_state(s, config), step)
+  ckpt.close()
+  return jax.tree.map(np.asarray, state)
+
+
+def assert_trees_close(a, b, rtol=0.0, atol=0.0):
+  paths_a = jax.tree_util.tree_flatten_with_path(a)[0]
+  leaves_b = jax.tree.leaves(b)
+  assert len(paths_a) == len(leaves_b)
+  for (path, x), y in zip(paths_a, leaves_b):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol,
+                               err_msg=jax.tree_util.keystr(path))

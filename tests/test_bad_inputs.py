@@ -1,0 +1,116 @@
+"""The catalogue of bad inputs: each is a clear error from main.py, before anything compiles, writing nothing.
+
+Every case runs the real command line in a subprocess. A new check is one line in CASES:
+(id, mode, extra flags, devices, regex the error must match). `{data}` is a prepared
+digits data_dir, `{empty}` an empty one, `{tfrecord}` one whose digits are stored as tfrecord.
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+import helpers
+
+CASES = [
+    ("unknown_schedule", "train", ["--config.diffusion.beta_schedule=lnear"], 1,
+     r"ValueError: Unknown beta schedule 'lnear'; allowed: linear, cosine"),
+    ("unknown_model", "train", ["--config.model.name=transformer"], 1,
+     r"ValueError: model.name = 'transformer' is invalid; allowed: unet, mlp"),
+    ("unknown_dataset", "train", ["--config.data.dataset=imagenet"], 1,
+     r"ValueError: Unknown data.dataset 'imagenet'; allowed: digits, mnist"),
+    ("unknown_mode", "finetune", [], 1, r"--mode.*value should be one of <train\|sample\|eval>"),
+    ("unknown_sampler", "sample", ["--config.sampling.sampler=euler"], 1,
+     r"ValueError: sampling.sampler = 'euler' is invalid; allowed: ancestral, ddim"),
+    ("unknown_variance_type", "train", ["--config.diffusion.model_var_type=big"], 1,
+     r"ValueError: Unknown model_var_type 'big'; allowed: fixed_small, fixed_large, learned_range"),
+    ("unknown_mean_type", "train", ["--config.diffusion.model_mean_type=score"], 1,
+     r"ValueError: Unknown model_mean_type 'score'; allowed: eps, xstart, v"),
+    ("zero_steps", "train", ["--config.training.num_train_steps=0"], 1,
+     r"ValueError: training.num_train_steps = 0 is invalid; allowed: a positive integer"),
+    ("negative_warmup", "train", ["--config.training.warmup_steps=-5"], 1,
+     r"ValueError: training.warmup_steps = -5 is invalid; allowed: a non-negative integer"),
+    ("non_integer_steps", "train", ["--config.training.num_train_steps=2.5"], 1,
+     r"num_train_steps.*2\.5"),
+    ("zero_batch", "train", ["--config.training.global_batch_size=0"], 1,
+     r"ValueError: training.global_batch_size = 0 is invalid; allowed: a positive integer"),
+    ("zero_T", "train", ["--config.diffusion.num_diffusion_steps=0"], 1,
+     r"ValueError: diffusion.num_diffusion_steps = 0 is invalid; allowed: a positive integer"),
+    ("betas_above_one", "train", ["--config.diffusion.beta_kwargs.beta_end=1.5"], 1,
+     r"ValueError: betas of schedule 'linear' must lie in \(0, 1\]; entry 49 is 1\.5"),
+    ("betas_zero", "train", ["--config.diffusion.beta_kwargs.beta_start=0.0"], 1,
+     r"ValueError: betas of schedule 'linear' must lie in \(0, 1\]; entry 0 is 0\.0"),
+    ("beta_kwarg_for_cosine", "train", ["--config.diffusion.beta_schedule=cosine",
+                                        "--config.diffusion.beta_kwargs.beta_end=0.02"], 1,
+     r"ValueError: Unknown argument\(s\) \['beta_end'\] for beta schedule 'cosine'"),
+    ("image_size_vs_levels", "train", ["--config.model.ch_mult=(1,2,2,2,2)"], 1,
+     r"ValueError: image size 8x8 is not divisible by 2\^\(levels - 1\) = 16"),
+    ("channels_vs_groups", "train", ["--config.model.ch=6"], 1,
+     r"ValueError: model.ch \* ch_mult gives 6 channels, not divisible by model.num_groups = 4"),
+    ("batch_vs_devices", "train", ["--config.training.global_batch_size=6"], 4,
+     r"ValueError: training.global_batch_size = 6 is not divisible by the number of devices \(4\)"),
+    ("steps_per_call", "train", ["--config.training.steps_per_call=3"], 1,
+     r"ValueError: training.num_train_steps = 8 is invalid; allowed: a multiple of training.steps_per_call = 3"),
+    ("ema_decay", "train", ["--config.training.ema_decay=1.5"], 1,
+     r"ValueError: training.ema_decay = 1.5 is invalid; allowed: a number in \[0, 1\)"),
+    ("on_nonfinite", "train", ["--config.training.on_nonfinite=ignore"], 1,
+     r"ValueError: training.on_nonfinite = 'ignore' is invalid; allowed: error, skip"),
+    ("sampling_steps_above_T", "sample", ["--config.sampling.num_steps=51"], 1,
+     r"ValueError: sampling.num_steps = 51 is invalid; allowed: None \(all steps\) or an integer in \[1, "
+     r"diffusion.num_diffusion_steps = 50\]"),
+    ("ddim_with_learned_variance", "sample", ["--config.sampling.sampler=ddim",
+                                              "--config.diffusion.model_var_type=learned_range"], 1,
+     r"ValueError: sampling.sampler = 'ddim' does not use learned variances"),
+    ("toy_data_with_unet", "train", ["--config.data.dataset=swiss_roll"], 1,
+     r"ValueError: data.dataset = 'swiss_roll' is 2-D points; it needs model.name = 'mlp'"),
+    ("dataset_missing", "train", ["--config.data.dataset=mnist", "--config.data.data_dir={empty}"], 1,
+     r"FileNotFoundError: data.dataset = 'mnist' is not prepared in .*download_and_prepare\(file_format='array_record'\)"),
+    ("dataset_unreadable", "train", ["--config.data.data_dir={tfrecord}"], 1,
+     r"ValueError: data.dataset = 'digits' in .* is stored as 'tfrecord', which tfds.data_source cannot read"),
+    ("workdir_not_writable", "train", ["--workdir=/etc/hostname/run"], 1,
+     r"ValueError: --workdir '/etc/hostname/run' is not writable"),
+    ("config_file_missing", "train", ["--config=configs/nope.py"], 1, r"configs/nope.py"),
+    ("unknown_config_key", "train", ["--config.training.num_train_step=5"], 1,
+     r"num_train_step.*(not found|KeyError|does not exist)"),
+    ("sample_without_checkpoint", "sample", [], 1,
+     r"FileNotFoundError: No complete checkpoint in .*checkpoints: train first with --mode train"),
+    ("eval_without_checkpoint", "eval", [], 1, r"FileNotFoundError: No complete checkpoint in"),
+]
+
+
+@pytest.fixture(scope="module")
+def dirs(tmp_path_factory):
+  from diffusion_jax import data
+  prepared = str(tmp_path_factory.mktemp("data"))
+  data._image_source("digits", "train", prepared)
+  tfrecord = str(tmp_path_factory.mktemp("tfrecord"))
+  shutil.copytree(os.path.join(prepared, "digits"), os.path.join(tfrecord, "digits"))
+  info_path = os.path.join(tfrecord, "digits", "1.0.0", "dataset_info.json")
+  with open(info_path) as f:
+    info = json.load(f)
+  info["fileFormat"] = "tfrecord"
+  with open(info_path, "w") as f:
+    json.dump(info, f)
+  return {"data": prepared, "empty": str(tmp_path_factory.mktemp("empty")), "tfrecord": tfrecord}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_input(case, dirs, tmp_path):
+  _, mode, flags, devices, pattern = case
+  workdir = str(tmp_path / "workdir")
+  flags = [f.format(**dirs) for f in flags]
+  if not any(f.startswith("--config.data.data_dir") for f in flags):
+    flags.append(f"--config.data.data_dir={dirs['data']}")
+  cmd = helpers.main_command("tiny.py", workdir, mode=mode)
+  cmd = [c for c in cmd if not any(c.split("=")[0] == f.split("=")[0] for f in flags)] + flags
+  env = helpers.env(devices)
+  env["JAX_LOG_COMPILES"] = "1"
+  proc = subprocess.run(cmd, env=env, cwd=helpers.ROOT, capture_output=True, text=True, timeout=120)
+  out = proc.stdout + proc.stderr
+  assert proc.returncode != 0, out[-3000:]
+  assert re.search(pattern, out), out[-3000:]
+  assert "Finished XLA compilation" not in out, "compiled before failing"
+  assert not os.path.exists(workdir), "wrote to the workdir"

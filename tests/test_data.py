@@ -1,0 +1,144 @@
+"""The input pipeline on a real TFDS dataset built locally (digits), and the toy distributions."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from configs import tiny
+from diffusion_jax import data
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+def _config(data_dir, **training):
+  c = tiny.get_config()
+  c.data.data_dir = data_dir
+  for k, v in training.items():
+    c.training[k] = v
+  return c
+
+
+def test_digits_is_a_real_tfds_dataset_read_through_data_source(data_dir):
+  info = data.dataset_info(_config(data_dir))
+  assert info == data.DatasetInfo("digits", (8, 8, 1), 10, True)
+  root = os.path.join(data_dir, "digits", "1.0.0")
+  assert any(f.startswith("digits-train.array_record") for f in os.listdir(root))
+  train = data._image_source("digits", "train", data_dir)
+  test = data._image_source("digits", "test", data_dir)
+  assert len(train) == 1797 - data.DIGITS_TEST_SIZE and len(test) == data.DIGITS_TEST_SIZE
+  images = np.stack([train[i]["image"] for i in range(len(train))])
+  assert images.dtype == np.uint8 and images.shape[1:] == (8, 8, 1)
+  assert images.min() == 0 and images.max() == 255
+  assert sorted({int(train[i]["label"]) for i in range(len(train))}) == list(range(10))
+
+
+def test_train_batches_deterministic_and_each_epoch_a_permutation(data_dir):
+  c = _config(data_dir, global_batch_size=100)
+  ds = data.train_batches(c)
+  n = 1797 - data.DIGITS_TEST_SIZE
+  epoch = np.concatenate([ds[s]["x"] for s in range(n // 100)])  # 15 batches = one epoch exactly
+  flat = epoch.reshape(len(epoch), -1)
+  source = data._image_source("digits", "train", data_dir)
+  originals = np.stack([source[i]["image"] for i in range(n)]).reshape(n, -1)
+  # Every example exactly once (as a multiset of images: some digits repeat pixel-for-pixel).
+  assert sorted(map(bytes, flat)) == sorted(map(bytes, originals))
+  np.testing.assert_array_equal(data.train_batches(c)[7]["x"], ds[7]["x"])  # same seed, same batch
+  second = np.concatenate([ds[s]["x"] for s in range(n // 100, 2 * n // 100)])
+  assert not np.array_equal(second, epoch)  # a new permutation next epoch
+  c.seed = 1
+  assert not np.array_equal(data.train_batches(c)[0]["x"], ds[0]["x"])
+
+
+def test_hosts_read_disjoint_shares_of_the_same_global_batch(data_dir):
+  """Each of P hosts reads global_batch / P examples; together they are the 1-host global batch."""
+  c = _config(data_dir, global_batch_size=8)
+  whole = data.train_batches(c)
+  for step in [0, 5]:
+    shares = [data.train_batches(c, process_index=p, process_count=2)[step]["x"] for p in range(2)]
+    assert shares[0].shape == (4, 8, 8, 1)
+    np.testing.assert_array_equal(np.concatenate(shares), whole[step]["x"])
+
+
+def test_random_flip_is_a_mirror_image_and_deterministic(data_dir):
+  c = _config(data_dir, global_batch_size=64)
+  plain = data.train_batches(c)[3]["x"]
+  c.data.random_flip = True
+  flipped = data.train_batches(c)[3]["x"]
+  np.testing.assert_array_equal(data.train_batches(c)[3]["x"], flipped)
+  mirrored = np.array([not np.array_equal(a, b) for a, b in zip(plain, flipped)])
+  np.testing.assert_array_equal(flipped[mirrored], plain[mirrored][:, :, ::-1])
+  assert 0.25 < mirrored.mean() < 0.75  # ~ half, binomial(64, 0.5) within 4 sd (some digits are symmetric)
+
+
+def test_steps_per_call_stacks_consecutive_batches(data_dir):
+  c = _config(data_dir, global_batch_size=8)
+  single = data.train_batches(c)
+  c.training.steps_per_call = 4
+  stacked = data.train_batches(c)[1]["x"]
+  assert stacked.shape == (4, 8, 8, 8, 1)
+  np.testing.assert_array_equal(stacked, np.stack([single[s]["x"] for s in range(4, 8)]))
+
+
+def test_eval_batches_cover_the_split_once_with_padding_masked(data_dir):
+  c = _config(data_dir)
+  batches = list(data.eval_batches(c, "test", 100))
+  assert len(batches) == 3
+  assert sum(b["mask"].sum() for b in batches) == data.DIGITS_TEST_SIZE
+  assert batches[-1]["mask"][:97].all() and not batches[-1]["mask"][97:].any()
+
+
+def test_missing_dataset_says_how_to_prepare_it(tmp_path):
+  c = tiny.get_config()
+  c.data.dataset = "mnist"
+  c.data.data_dir = str(tmp_path)
+  with pytest.raises(FileNotFoundError, match=r"not prepared .*download_and_prepare\(file_format='array_record'\)"):
+    data.dataset_info(c)
+
+
+def test_unreadable_format_says_how_to_prepare_it(tmp_path):
+  """A dataset on disk in tfrecord (what tfds writes by default with TensorFlow) cannot be read randomly."""
+  data_dir = str(tmp_path)
+  data._image_source("digits", "train", data_dir)
+  info_path = os.path.join(data_dir, "digits", "1.0.0", "dataset_info.json")
+  with open(info_path) as f:
+    info = json.load(f)
+  info["fileFormat"] = "tfrecord"
+  with open(info_path, "w") as f:
+    json.dump(info, f)
+  c = tiny.get_config()
+  c.data.data_dir = data_dir
+  with pytest.raises(ValueError, match=r"stored as 'tfrecord'.*download_and_prepare\(file_format='array_record'\)"):
+    data.dataset_info(c)
+
+
+@pytest.mark.parametrize("name", data.TOY_DATASETS)
+def test_toy_datasets(name):
+  c = tiny.get_config()
+  c.data.dataset = name
+  c.training.global_batch_size = 256
+  assert data.dataset_info(c) == data.DatasetInfo(name, (2,), None, False)
+  x = data.train_batches(c)[0]["x"]
+  assert x.shape == (256, 2) and x.dtype == np.float32
+  train = data._toy_points(name, "train")
+  np.testing.assert_allclose(train.mean(0), 0, atol=1e-5)
+  np.testing.assert_allclose(train.std(0), 1, atol=1e-5)
+
+
+def test_unknown_dataset():
+  c = tiny.get_config()
+  c.data.dataset = "imagenet21k"
+  with pytest.raises(ValueError, match="Unknown data.dataset 'imagenet21k'; allowed: digits"):
+    data.dataset_info(c)
+
+
+def test_scaling_round_trip():
+  x = np.arange(256, dtype=np.uint8)
+  scaled = np.asarray(data.to_model_input(jax.numpy.asarray(x)))
+  np.testing.assert_allclose(scaled, x / 127.5 - 1, atol=1e-7)
+  np.testing.assert_array_equal(data.to_uint8(scaled), x)
