@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 from diffusion_jax import data
 
 
-def image_grid(images: np.ndarray, *, padding: int = 1, min_cell: int = 32) -> np.ndarray:
+def image_grid(images: np.ndarray, *, padding: int = 2, min_cell: int = 64) -> np.ndarray:
   """Tiles uint8 images `(N, H, W, C)` into one `(rows*H', cols*W', 3)` image, upscaling small ones (nearest).
 
   Args:

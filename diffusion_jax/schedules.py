@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.struct
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -45,9 +46,7 @@ def check_betas(betas: np.ndarray, name: str = "betas") -> np.ndarray:
   if bad.any():
     i = int(np.argmax(bad))
     raise ValueError(
-        f"{name} must lie in (0, 1]; entry {i} is {float(betas[i])!r}. "
-        "For 'linear' with small T, the default endpoints scaled by 1000/T exceed 1 "
-        "when T < 20: pass beta_start and beta_end explicitly.")
+        f"{name} must lie in (0, 1]; entry {i} is {float(betas[i])!r}.")
   return betas
 
 
@@ -226,9 +225,10 @@ def make_schedule(
   timesteps = np.arange(T) if timesteps is None else np.asarray(timesteps)
   if timesteps.shape != (T,):
     raise ValueError(f"timesteps must have shape ({T},), got {timesteps.shape}.")
+  # Cast on the host and transfer: no program is compiled just to build the schedule.
   return DiffusionSchedule(
-      **{k: jnp.asarray(v, dtype=dtype) for k, v in buffers.items()},
-      timesteps=jnp.asarray(timesteps, dtype=jnp.int32),
+      **{k: jax.device_put(np.asarray(v, dtype=jnp.dtype(dtype))) for k, v in buffers.items()},
+      timesteps=jax.device_put(timesteps.astype(np.int32)),
   )
 
 

@@ -15,9 +15,11 @@ from configs import tiny
 from diffusion_jax import train
 from diffusion_jax.checkpoint import Checkpointer
 
-STEPS = 60
-OVERRIDES = [f"--config.training.num_train_steps={STEPS}", "--config.training.checkpoint_every_steps=20",
-             "--config.training.log_every_steps=1", "--config.training.sample_every_steps=60"]
+# ~30 steps/s at batch 64: a checkpoint's asynchronous write (~1-2 s) ends well before the next is due.
+STEPS, EVERY = 300, 100
+OVERRIDES = [f"--config.training.num_train_steps={STEPS}", f"--config.training.checkpoint_every_steps={EVERY}",
+             "--config.training.global_batch_size=64", "--config.training.log_every_steps=1",
+             f"--config.training.sample_every_steps={STEPS}"]
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +34,10 @@ def _config(data_dir, **training):
   c = tiny.get_config()
   c.data.data_dir = data_dir
   c.training.num_train_steps = STEPS
-  c.training.checkpoint_every_steps = 20
+  c.training.checkpoint_every_steps = EVERY
+  c.training.global_batch_size = 64
   c.training.log_every_steps = 1
-  c.training.sample_every_steps = 60
+  c.training.sample_every_steps = STEPS
   for k, v in training.items():
     c.training[k] = v
   return c
@@ -85,7 +88,7 @@ def _tmp_checkpoints(workdir):
 def test_sigkill_between_checkpoints_and_during_a_write_then_resume_is_bitwise_exact(
     data_dir, uninterrupted, tmp_path):
   workdir = str(tmp_path)
-  # 1. Killed while the asynchronous write of the step-20 checkpoint is in flight.
+  # 1. Killed while the asynchronous write of the first checkpoint is in flight.
   run = _Run(workdir, data_dir)
   run.wait_for(lambda: _tmp_checkpoints(workdir))
   run.proc.send_signal(signal.SIGKILL)
@@ -94,19 +97,19 @@ def test_sigkill_between_checkpoints_and_during_a_write_then_resume_is_bitwise_e
   assert _tmp_checkpoints(workdir), "the kill should have caught a checkpoint mid-write"
   # The partial checkpoint is not a checkpoint.
   assert Checkpointer(workdir, read_only=True).latest_step() is None
-  # 2. Re-run, killed between checkpoints (after step 20 is saved, at a random later step before 40).
-  kill_at = int(np.random.default_rng(0).integers(23, 38))
+  # 2. Re-run, killed between checkpoints: after the first is complete, at a random step before the second.
+  kill_at = int(np.random.default_rng(0).integers(165, 190))
   run = _Run(workdir, data_dir)
-  run.wait_for(lambda: run.logged_step(kill_at))
+  run.wait_for(lambda: os.path.isdir(os.path.join(workdir, "checkpoints", str(EVERY))) and run.logged_step(kill_at))
   run.proc.send_signal(signal.SIGKILL)
   out = run.finish()
   assert "Resumed" not in out  # nothing complete to resume from the first time
-  assert Checkpointer(workdir, read_only=True).latest_step() == 20
+  assert Checkpointer(workdir, read_only=True).latest_step() == EVERY
   # 3. Re-run to the end: identical to the uninterrupted run, bit for bit.
   run = _Run(workdir, data_dir)
   out = run.finish(timeout=300)
   assert run.proc.returncode == 0, out[-3000:]
-  assert "Resumed from" in out and "at step 20" in out
+  assert "Resumed from" in out and f"at step {EVERY}." in out
   assert not _tmp_checkpoints(workdir)
   state = helpers.load_state(_config(data_dir), workdir)
   assert int(state.step) == STEPS
@@ -116,15 +119,15 @@ def test_sigkill_between_checkpoints_and_during_a_write_then_resume_is_bitwise_e
 def test_sigterm_saves_the_current_step_exits_cleanly_and_resumes_there(data_dir, uninterrupted, tmp_path):
   workdir = str(tmp_path)
   run = _Run(workdir, data_dir)
-  run.wait_for(lambda: run.logged_step(25))
+  run.wait_for(lambda: run.logged_step(130))
   run.proc.send_signal(signal.SIGTERM)
   out = run.finish()
   assert run.proc.returncode == 0, out[-3000:]
   saved = Checkpointer(workdir, read_only=True).latest_step()
-  assert 25 <= saved < STEPS and f"SIGTERM: saved step {saved}" in out
+  assert 130 <= saved < STEPS and saved % EVERY and f"SIGTERM: saved step {saved}" in out
   run = _Run(workdir, data_dir)
   out = run.finish(timeout=300)
-  assert run.proc.returncode == 0 and f"at step {saved}" in out
+  assert run.proc.returncode == 0 and f"at step {saved}." in out
   helpers.assert_trees_close(helpers.load_state(_config(data_dir), workdir), uninterrupted)
 
 
