@@ -79,9 +79,9 @@ class Checkpointer:
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     return restored["state"], restored["meta"]
 
-  def wait(self) -> None:
-    """Blocks until every started save is complete on disk."""
-    self._manager.wait_until_finished()
+  def reached_preemption(self, step: int) -> bool:
+    """Whether every process has agreed to stop at `step` after a pre-emption notice (multi-host)."""
+    return self._manager.reached_preemption(step)
 
   def close(self) -> None:
     self._manager.wait_until_finished()

@@ -404,7 +404,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   preview = make_sample_fn(s, config, config.sampling.preview_samples)
   batches = data.iterate(data.train_batches(config), step // k)
   writer = _Writer(workdir)
-  preemption = _Preemption()
+  preemption = _Preemption() if jax.process_count() == 1 else None
   meta = lambda: {"step": step, "config": config.to_dict()}
 
   def check(pending: tuple[int, dict[str, jax.Array]] | None) -> None:
@@ -433,7 +433,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         logging.info("First step (with compilation) took %.1f s.", time.time() - start_time)
         last_time = start_time = time.time()
         start_step = last_step = step
-      stop = preemption.requested
+      # Several processes must stop at the same step: JAX's preemption sync (via Orbax) agrees on one.
+      stop = ckpt.reached_preemption(step) if preemption is None else preemption.requested
       if step % tc.log_every_steps == 0 or step == tc.num_train_steps or stop:
         check(pending)
         m = {key: float(np.mean(v)) for key, v in jax.device_get(metrics).items() if key not in ("finite", "step")}
@@ -460,7 +461,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         break
     check(pending)
   finally:
-    preemption.restore()
+    if preemption is not None:
+      preemption.restore()
     writer.close()
     ckpt.close()
   return state

@@ -13,6 +13,16 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def tiny_config(data_dir: str, **training):
+  """configs/tiny.py reading the digits from `data_dir`, with `training.*` overrides."""
+  from configs import tiny
+  c = tiny.get_config()
+  c.data.data_dir = data_dir
+  for k, v in training.items():
+    c.training[k] = v
+  return c
+
+
 def main_command(config: str, workdir: str, *overrides: str, mode: str = "train") -> list[str]:
   return [sys.executable, os.path.join(ROOT, "main.py"), f"--config={os.path.join(ROOT, 'configs', config)}",
           f"--workdir={workdir}", f"--mode={mode}", *overrides]

@@ -5,10 +5,8 @@ Every case runs the real command line in a subprocess. A new check is one line i
 digits data_dir, `{empty}` an empty one, `{tfrecord}` one whose digits are stored as tfrecord.
 """
 
-import json
 import os
 import re
-import shutil
 import subprocess
 
 import pytest
@@ -82,19 +80,8 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def dirs(tmp_path_factory):
-  from diffusion_jax import data
-  prepared = str(tmp_path_factory.mktemp("data"))
-  data._image_source("digits", "train", prepared)
-  tfrecord = str(tmp_path_factory.mktemp("tfrecord"))
-  shutil.copytree(os.path.join(prepared, "digits"), os.path.join(tfrecord, "digits"))
-  info_path = os.path.join(tfrecord, "digits", "1.0.0", "dataset_info.json")
-  with open(info_path) as f:
-    info = json.load(f)
-  info["fileFormat"] = "tfrecord"
-  with open(info_path, "w") as f:
-    json.dump(info, f)
-  return {"data": prepared, "empty": str(tmp_path_factory.mktemp("empty")), "tfrecord": tfrecord}
+def dirs(data_dir, tfrecord_dir, tmp_path_factory):
+  return {"data": data_dir, "empty": str(tmp_path_factory.mktemp("empty")), "tfrecord": tfrecord_dir}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])

@@ -1,6 +1,5 @@
 """The input pipeline on a real TFDS dataset built locally (digits), and the toy distributions."""
 
-import json
 import os
 
 import jax
@@ -9,19 +8,7 @@ import pytest
 
 from configs import tiny
 from diffusion_jax import data
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
-
-
-def _config(data_dir, **training):
-  c = tiny.get_config()
-  c.data.data_dir = data_dir
-  for k, v in training.items():
-    c.training[k] = v
-  return c
+from helpers import tiny_config as _config
 
 
 def test_digits_is_a_real_tfds_dataset_read_through_data_source(data_dir):
@@ -101,20 +88,10 @@ def test_missing_dataset_says_how_to_prepare_it(tmp_path):
     data.dataset_info(c)
 
 
-def test_unreadable_format_says_how_to_prepare_it(tmp_path):
+def test_unreadable_format_says_how_to_prepare_it(tfrecord_dir):
   """A dataset on disk in tfrecord (what tfds writes by default with TensorFlow) cannot be read randomly."""
-  data_dir = str(tmp_path)
-  data._image_source("digits", "train", data_dir)
-  info_path = os.path.join(data_dir, "digits", "1.0.0", "dataset_info.json")
-  with open(info_path) as f:
-    info = json.load(f)
-  info["fileFormat"] = "tfrecord"
-  with open(info_path, "w") as f:
-    json.dump(info, f)
-  c = tiny.get_config()
-  c.data.data_dir = data_dir
   with pytest.raises(ValueError, match=r"stored as 'tfrecord'.*download_and_prepare\(file_format='array_record'\)"):
-    data.dataset_info(c)
+    data.dataset_info(_config(tfrecord_dir))
 
 
 @pytest.mark.parametrize("name", data.TOY_DATASETS)

@@ -1,5 +1,6 @@
 """Faults, done for real: SIGKILL mid-run and mid-checkpoint-write, SIGTERM, non-finite losses, mismatched checkpoints."""
 
+import json
 import os
 import signal
 import subprocess
@@ -11,7 +12,6 @@ import numpy as np
 import pytest
 
 import helpers
-from configs import tiny
 from diffusion_jax import train
 from diffusion_jax.checkpoint import Checkpointer
 
@@ -22,25 +22,11 @@ OVERRIDES = [f"--config.training.num_train_steps={STEPS}", f"--config.training.c
              f"--config.training.sample_every_steps={STEPS}"]
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  d = str(tmp_path_factory.mktemp("tfds"))
-  from diffusion_jax import data
-  data._image_source("digits", "train", d)
-  return d
-
-
 def _config(data_dir, **training):
-  c = tiny.get_config()
-  c.data.data_dir = data_dir
-  c.training.num_train_steps = STEPS
-  c.training.checkpoint_every_steps = EVERY
-  c.training.global_batch_size = 64
-  c.training.log_every_steps = 1
-  c.training.sample_every_steps = STEPS
-  for k, v in training.items():
-    c.training[k] = v
-  return c
+  """The settings of OVERRIDES, in-process."""
+  return helpers.tiny_config(data_dir, **{"num_train_steps": STEPS, "checkpoint_every_steps": EVERY,
+                                          "global_batch_size": 64, "log_every_steps": 1,
+                                          "sample_every_steps": STEPS, **training})
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +139,6 @@ def test_nonfinite_updates_can_be_skipped_and_counted(data_dir, tmp_path):
   state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 10 and int(state.skipped_steps) == 9  # every step after the first overflows
   assert _all_finite(helpers.load_state(config, str(tmp_path)))
-  import json
   lines = [json.loads(l) for l in open(os.path.join(tmp_path, "metrics.jsonl"))]
   assert lines[-1]["skipped_steps"] == 9
 

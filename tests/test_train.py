@@ -9,24 +9,9 @@ import numpy as np
 import pytest
 
 import helpers
-from configs import tiny
 from diffusion_jax import evaluate, train
+from helpers import tiny_config as _config
 
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  d = str(tmp_path_factory.mktemp("tfds"))
-  from diffusion_jax import data
-  data._image_source("digits", "train", d)  # prepared once, before any subprocess reads it
-  return d
-
-
-def _config(data_dir, **training):
-  c = tiny.get_config()
-  c.data.data_dir = data_dir
-  for k, v in training.items():
-    c.training[k] = v
-  return c
 
 
 @pytest.fixture(scope="module")
