@@ -59,7 +59,8 @@ def bench(name: str, full: bool) -> list[dict]:
     if extrapolated:
       run_s = rows[-1]["per_step_s"] * T
     else:
-      run_s = common.time_call(lambda: compiled(params, sched, jax.random.key(2)), repeats=3, min_seconds=0.0)
+      run_s = common.time_call(lambda: compiled(params, sched, jax.random.key(2)),
+                               repeats=1 if name == "unet_cpu" else 3, min_seconds=0.0)
 
     # The same chain as a Python loop: one jitted step, dispatched T times.
     @jax.jit

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 import reference as ref
-from diffusion_jax.models.layers import timestep_embedding
+import flax.linen as nn
+
+from diffusion_jax.models.layers import GroupNorm, timestep_embedding
 from diffusion_jax.models.mlp import MLPDenoiser
 from diffusion_jax.models.unet import UNet
 
@@ -43,6 +45,19 @@ def test_timestep_embedding_matches_float64(dim):
   # Arguments up to ~1000 rad in float32: absolute error ~ 1000 * 6e-8.
   np.testing.assert_allclose(got, ref.timestep_embedding(t, dim), atol=1e-4, rtol=0)
   assert got.shape == (5, dim) and got.dtype == jnp.float32
+
+
+@pytest.mark.parametrize("shape, groups", [((4, 8, 8, 64), 32), ((2, 5, 5, 12), 4), ((3, 16), 8)])
+def test_group_norm_equals_flax_group_norm(shape, groups):
+  x = 3.0 * jax.random.normal(jax.random.key(0), shape) + 1.5
+  ref = nn.GroupNorm(groups, epsilon=1e-6)
+  variables = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(1), a.shape),
+                           ref.init(jax.random.key(2), x))
+  assert jax.tree.map(jnp.shape, GroupNorm(groups).init(jax.random.key(2), x)) == jax.tree.map(jnp.shape, variables)
+  np.testing.assert_allclose(GroupNorm(groups).apply(variables, x), ref.apply(variables, x), rtol=1e-5, atol=2e-6)
+  g = jax.grad(lambda v, m: jnp.sum(jnp.sin(m.apply(v, x))), argnums=0)
+  for a, b in zip(jax.tree.leaves(g(variables, GroupNorm(groups))), jax.tree.leaves(g(variables, ref))):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
 
 
 def _random_variables(model, seed, *args):

@@ -36,3 +36,34 @@ def timestep_embedding(t: jax.Array, dim: int) -> jax.Array:
 def default_init(scale: float = 1.0) -> nn.initializers.Initializer:
   """Ho et al.'s initialiser: variance scaling, fan_avg, uniform; scale 0 becomes 1e-10."""
   return nn.initializers.variance_scaling(1e-10 if scale == 0 else scale, "fan_avg", "uniform")
+
+
+class GroupNorm(nn.Module):
+  """(x - mean_g) / sqrt(var_g + eps) * scale + bias, as one per-channel affine x * a + b.
+
+  The same function and parameters (`scale`, `bias`) as `flax.linen.GroupNorm`;
+  statistics in float32 from one pass (E[x], E[x^2]), then a single fused
+  multiply-add per element. On the CPU this makes the UNet's forward pass ~11%
+  faster than the generic normalisation (benchmarks/BENCHMARKS.md).
+  """
+
+  num_groups: int = 32
+  epsilon: float = 1e-6
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    C = x.shape[-1]
+    if C % self.num_groups:
+      raise ValueError(f"{C} channels are not divisible by num_groups = {self.num_groups}.")
+    per_group = C // self.num_groups
+    scale = self.param("scale", nn.initializers.ones, (C,))
+    bias = self.param("bias", nn.initializers.zeros, (C,))
+    x32 = x.astype(jnp.float32)
+    grouped = x32.reshape(x.shape[0], -1, self.num_groups, per_group)
+    mean = jnp.mean(grouped, axis=(1, 3))
+    var = jnp.maximum(jnp.mean(jnp.square(grouped), axis=(1, 3)) - jnp.square(mean), 0.0)
+    a = jnp.repeat(jax.lax.rsqrt(var + self.epsilon), per_group, axis=1) * scale  # (B, C)
+    b = bias - jnp.repeat(mean, per_group, axis=1) * a
+    shape = (x.shape[0],) + (1,) * (x.ndim - 2) + (C,)
+    return (x32 * a.reshape(shape) + b.reshape(shape)).astype(self.dtype)

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax.models.layers import default_init, timestep_embedding
+from diffusion_jax.models.layers import GroupNorm, default_init, timestep_embedding
 
 
 class ResnetBlock(nn.Module):
@@ -27,7 +27,7 @@ class ResnetBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, temb: jax.Array, train: bool) -> jax.Array:
-    norm = lambda name: nn.GroupNorm(self.num_groups, epsilon=1e-6, dtype=self.dtype, name=name)
+    norm = lambda name: GroupNorm(self.num_groups, epsilon=1e-6, dtype=self.dtype, name=name)
     conv = lambda scale, name: nn.Conv(self.out_ch, (3, 3), padding="SAME", dtype=self.dtype,
                                        kernel_init=default_init(scale), name=name)
     h = conv(1.0, "conv1")(nn.swish(norm("norm1")(x)))
@@ -49,7 +49,7 @@ class AttnBlock(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     B, H, W, C = x.shape
-    h = nn.GroupNorm(self.num_groups, epsilon=1e-6, dtype=self.dtype, name="norm")(x)
+    h = GroupNorm(self.num_groups, epsilon=1e-6, dtype=self.dtype, name="norm")(x)
     dense = lambda scale, name: nn.Dense(C, dtype=self.dtype, kernel_init=default_init(scale), name=name)
     q, k, v = (dense(1.0, n)(h).reshape(B, H * W, C) for n in ("q", "k", "v"))
     logits = jnp.einsum("bic,bjc->bij", q, k).astype(jnp.float32) * C**-0.5
@@ -177,5 +177,5 @@ class UNet(nn.Module):
       if i != 0:
         h = conv(h.shape[-1], f"up_{i}_upsample")(jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2))
 
-    h = nn.swish(nn.GroupNorm(self.num_groups, epsilon=1e-6, dtype=self.dtype, name="norm_out")(h))
+    h = nn.swish(GroupNorm(self.num_groups, epsilon=1e-6, dtype=self.dtype, name="norm_out")(h))
     return conv(out_ch, "conv_out", scale=0.0)(h).astype(jnp.float32)
