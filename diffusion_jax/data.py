@@ -232,5 +232,6 @@ def to_model_input(x: jax.Array) -> jax.Array:
 
 
 def to_uint8(x: jax.Array | np.ndarray) -> np.ndarray:
-  """float in [-1, 1] -> uint8 pixels, rounding to the nearest level."""
-  return np.asarray(np.clip(np.round((np.asarray(x, np.float32) + 1.0) * 127.5), 0, 255), np.uint8)
+  """float in [-1, 1] -> uint8 pixels, rounding to the nearest level (NaN, from a diverged model, -> 0)."""
+  x = np.nan_to_num(np.asarray(x, np.float32), nan=-1.0)
+  return np.asarray(np.clip(np.round((x + 1.0) * 127.5), 0, 255), np.uint8)

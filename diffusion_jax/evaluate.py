@@ -13,7 +13,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from diffusion_jax import data, losses, parallel, train
+from diffusion_jax import data, images, losses, parallel, train
 from diffusion_jax.checkpoint import Checkpointer
 
 
@@ -61,7 +61,6 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
   samples = np.concatenate(out)[: sc.num_samples]
   stem = os.path.join(workdir, f"samples_{step:08d}")
   if jax.process_index() == 0:
-    from diffusion_jax import images
     stored = data.to_uint8(samples) if s.info.is_image else samples.astype(np.float32)
     np.savez_compressed(stem + ".npz", samples=stored)
     images.save_samples(samples[:256], stem + ".png", s.info, config.data.dataset)

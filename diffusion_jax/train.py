@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import math
 import os
 import signal
 import time
@@ -35,7 +34,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from diffusion_jax import data, diffusion, losses, parallel, sampling, schedules
+from diffusion_jax import data, diffusion, images, losses, parallel, sampling, schedules
 from diffusion_jax.checkpoint import Checkpointer
 from diffusion_jax.models.mlp import MLPDenoiser
 from diffusion_jax.models.unet import UNet
@@ -217,7 +216,7 @@ def _one_step(state: TrainState, batch: dict[str, jax.Array], schedule: schedule
     return jnp.mean(terms["loss"]), terms
 
   (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  grad_norm = optax.global_norm(grads)
+  grad_norm = optax.tree.norm(grads)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema_params = optax.incremental_update(params, state.ema_params, 1.0 - cfg.ema_decay)
@@ -379,8 +378,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     ValueError / FileNotFoundError: bad config, workdir, data or checkpoint, before compiling.
     FloatingPointError: a non-finite loss or gradient with `training.on_nonfinite = 'error'`.
   """
-  from diffusion_jax import images
-
   s = setup(config, workdir)
   tc = config.training
   k = tc.steps_per_call
