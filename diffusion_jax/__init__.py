@@ -4,6 +4,7 @@ from diffusion_jax.diffusion import (
     p_mean_variance,
     predict_eps_from_xstart,
     predict_v,
+    predict_xstart,
     predict_xstart_from_eps,
     predict_xstart_from_v,
     q_mean_variance,
@@ -29,7 +30,7 @@ from diffusion_jax.schedules import (
 
 __all__ = [
     "DiffusionSchedule", "ddim_sample", "discretized_gaussian_log_likelihood", "get_beta_schedule",
-    "make_schedule", "normal_kl", "p_mean_variance", "predict_eps_from_xstart", "predict_v",
+    "make_schedule", "normal_kl", "p_mean_variance", "predict_eps_from_xstart", "predict_v", "predict_xstart",
     "predict_xstart_from_eps", "predict_xstart_from_v", "q_mean_variance", "q_posterior_mean_variance",
     "q_sample", "q_step", "respace", "sample", "score_from_eps", "space_timesteps", "training_losses",
     "variational_bound",

@@ -253,6 +253,37 @@ def split_learned_variance(model_output: jax.Array, x_t: jax.Array) -> tuple[jax
   return jnp.split(model_output, 2, axis=-1)
 
 
+def predict_xstart(
+    schedule: DiffusionSchedule,
+    model_output: jax.Array,
+    x_t: jax.Array,
+    t: jax.Array,
+    *,
+    model_mean_type: str = "eps",
+    clip_denoised: bool = True,
+) -> jax.Array:
+  """x_0 predicted from a network's mean output (eps, x_0 or v), optionally clipped to [-1, 1].
+
+  Args:
+    schedule: the process.
+    model_output: the network's mean output, shape of `x_t`.
+    x_t: shape `(batch, ...)`.
+    t: step index in `[0, T)`.
+    model_mean_type: `eps`, `xstart` or `v`.
+    clip_denoised: clip the prediction to [-1, 1].
+
+  Returns:
+    Predicted x_0, shape of `x_t`.
+  """
+  if model_mean_type == "eps":
+    pred_xstart = predict_xstart_from_eps(schedule, x_t, t, model_output)
+  elif model_mean_type == "xstart":
+    pred_xstart = model_output
+  else:
+    pred_xstart = predict_xstart_from_v(schedule, x_t, t, model_output)
+  return jnp.clip(pred_xstart, -1.0, 1.0) if clip_denoised else pred_xstart
+
+
 def p_mean_variance(
     schedule: DiffusionSchedule,
     model_output: jax.Array,
@@ -303,13 +334,7 @@ def p_mean_variance(
     variance = jnp.broadcast_to(variance, x_t.shape)
     log_variance = jnp.broadcast_to(log_variance, x_t.shape)
 
-  if model_mean_type == "eps":
-    pred_xstart = predict_xstart_from_eps(schedule, x_t, t, model_output)
-  elif model_mean_type == "xstart":
-    pred_xstart = model_output
-  else:
-    pred_xstart = predict_xstart_from_v(schedule, x_t, t, model_output)
-  if clip_denoised:
-    pred_xstart = jnp.clip(pred_xstart, -1.0, 1.0)
+  pred_xstart = predict_xstart(schedule, model_output, x_t, t, model_mean_type=model_mean_type,
+                               clip_denoised=clip_denoised)
   mean, _, _ = q_posterior_mean_variance(schedule, pred_xstart, x_t, t)
   return PMeanVariance(mean, variance, log_variance, pred_xstart)

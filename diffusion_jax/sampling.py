@@ -189,15 +189,9 @@ def ddim_sample(
   def step(x: jax.Array, ts: jax.Array, key: jax.Array) -> tuple[jax.Array, jax.Array]:
     t, s = ts[0], ts[1]
     tb = jnp.full((shape[0],), t, dtype=jnp.int32)
-    out = model_fn(x, schedule.timesteps[tb]).astype(x.dtype)
-    if model_mean_type == "eps":
-      pred_xstart = diffusion.predict_xstart_from_eps(schedule, x, tb, out)
-    elif model_mean_type == "xstart":
-      pred_xstart = out
-    else:
-      pred_xstart = diffusion.predict_xstart_from_v(schedule, x, tb, out)
-    if clip_denoised:
-      pred_xstart = jnp.clip(pred_xstart, -1.0, 1.0)
+    pred_xstart = diffusion.predict_xstart(
+        schedule, model_fn(x, schedule.timesteps[tb]).astype(x.dtype), x, tb,
+        model_mean_type=model_mean_type, clip_denoised=clip_denoised)
     eps = diffusion.predict_eps_from_xstart(schedule, x, tb, pred_xstart)
     abar_t = schedule.alphas_cumprod[t]
     abar_s = jnp.where(s >= 0, schedule.alphas_cumprod[jnp.maximum(s, 0)], 1.0)

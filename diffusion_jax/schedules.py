@@ -50,24 +50,24 @@ def check_betas(betas: np.ndarray, name: str = "betas") -> np.ndarray:
   return betas
 
 
-def _linear(T: int, beta_start: float | None = None, beta_end: float | None = None) -> np.ndarray:
+def _endpoints(T: int, beta_start: float | None, beta_end: float | None) -> tuple[float, float]:
+  """The paper's 1e-4 and 0.02 at T = 1000, scaled by 1000/T, unless given explicitly."""
   scale = 1000.0 / T
-  start = 1e-4 * scale if beta_start is None else beta_start
-  end = 0.02 * scale if beta_end is None else beta_end
+  return (1e-4 * scale if beta_start is None else beta_start, 0.02 * scale if beta_end is None else beta_end)
+
+
+def _linear(T: int, beta_start: float | None = None, beta_end: float | None = None) -> np.ndarray:
+  start, end = _endpoints(T, beta_start, beta_end)
   return np.linspace(start, end, T, dtype=np.float64)
 
 
 def _quadratic(T: int, beta_start: float | None = None, beta_end: float | None = None) -> np.ndarray:
-  scale = 1000.0 / T
-  start = 1e-4 * scale if beta_start is None else beta_start
-  end = 0.02 * scale if beta_end is None else beta_end
+  start, end = _endpoints(T, beta_start, beta_end)
   return np.linspace(start**0.5, end**0.5, T, dtype=np.float64) ** 2
 
 
 def _sigmoid(T: int, beta_start: float | None = None, beta_end: float | None = None) -> np.ndarray:
-  scale = 1000.0 / T
-  start = 1e-4 * scale if beta_start is None else beta_start
-  end = 0.02 * scale if beta_end is None else beta_end
+  start, end = _endpoints(T, beta_start, beta_end)
   s = 1.0 / (1.0 + np.exp(-np.linspace(-6.0, 6.0, T, dtype=np.float64)))
   return start + (end - start) * s
 

@@ -191,6 +191,7 @@ PUBLIC = {
     "predict_eps_from_xstart": lambda x, t: diffusion.predict_eps_from_xstart(SCHED, x, t, x),
     "predict_v": lambda x, t: diffusion.predict_v(SCHED, x, t, x),
     "predict_xstart_from_v": lambda x, t: diffusion.predict_xstart_from_v(SCHED, x, t, x),
+    "predict_xstart": lambda x, t: diffusion.predict_xstart(SCHED, x, x, t, model_mean_type="v", clip_denoised=False),
     "score_from_eps": lambda x, t: diffusion.score_from_eps(SCHED, x, t),
     "eps_from_score": lambda x, t: diffusion.eps_from_score(SCHED, x, t),
     "p_mean_variance": lambda x, t: diffusion.p_mean_variance(
