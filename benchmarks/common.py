@@ -13,6 +13,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from diffusion_jax import compiler
+
+# Set from the scripts' --xla_defaults flag: compile with XLA's default options instead of the library's.
+XLA_DEFAULTS = False
+
+
+def jit(fn: Callable[..., Any], **kwargs: Any) -> Any:
+  """`jax.jit` with the library's compiler options (`diffusion_jax.compiler`), unless `XLA_DEFAULTS`."""
+  return jax.jit(fn, compiler_options=None if XLA_DEFAULTS else compiler.compiler_options(), **kwargs)
+
 
 def block(x: Any) -> Any:
   return jax.tree.map(lambda a: a.block_until_ready() if isinstance(a, jax.Array) else a, x)
@@ -63,6 +73,7 @@ def machine() -> dict[str, Any]:
       "processor": platform.processor() or platform.machine(),
       "jax": jax.__version__,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      "compiler_options": None if XLA_DEFAULTS else compiler.compiler_options(),
       "date": time.strftime("%Y-%m-%d"),
   }
 

@@ -37,7 +37,10 @@ def main() -> None:
   parser.add_argument("--size", type=int, default=32)
   parser.add_argument("--channels", type=int, default=64)
   parser.add_argument("--out", default="benchmarks/results/conv.json")
+  parser.add_argument("--xla_defaults", action="store_true",
+                      help="compile with XLA's default options instead of diffusion_jax.compiler's")
   args = parser.parse_args()
+  common.XLA_DEFAULTS = args.xla_defaults
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   B, H, C = args.batch, args.size, args.channels
   x = jax.random.normal(jax.random.key(0), (B, H, H, C))
@@ -46,10 +49,10 @@ def main() -> None:
   flops = 2 * B * H * H * C * C * 9
   matmul = common.matmul_gflops()
   kernels = {
-      "forward": (jax.jit(conv), (x, w)),
-      "weight_grad (XLA)": (jax.jit(lambda x, w, dy: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0]), (x, w, dy)),
-      "weight_grad (im2col matmul)": (jax.jit(lambda x, w, dy: weight_grad_im2col(x, dy)), (x, w, dy)),
-      "data_grad (XLA)": (jax.jit(lambda x, w, dy: jax.vjp(lambda x: conv(x, w), x)[1](dy)[0]), (x, w, dy)),
+      "forward": (common.jit(conv), (x, w)),
+      "weight_grad (XLA)": (common.jit(lambda x, w, dy: jax.vjp(lambda w: conv(x, w), w)[1](dy)[0]), (x, w, dy)),
+      "weight_grad (im2col matmul)": (common.jit(lambda x, w, dy: weight_grad_im2col(x, dy)), (x, w, dy)),
+      "data_grad (XLA)": (common.jit(lambda x, w, dy: jax.vjp(lambda x: conv(x, w), x)[1](dy)[0]), (x, w, dy)),
   }
   rows = []
   for name, (fn, a) in kernels.items():

@@ -90,12 +90,12 @@ def our_figures(workload: str, batch: int, sample_steps: int, repeats: int, matm
   info = train.data.DatasetInfo("cifar10-shaped", (32, 32, 3), None, True)
   c.model.dropout = 0.0
   model = train.build_model(c, info)
-  params = jax.jit(functools.partial(train.init_state, model, train.build_optimizer(c), info))(
+  params = common.jit(functools.partial(train.init_state, model, train.build_optimizer(c), info))(
       jax.random.key(0)).params
   sched = schedules.make_schedule(schedules.get_beta_schedule("linear", num_diffusion_steps=1000))
   # The first `sample_steps` steps of the 1000-step chain, as one scan (the full chain is the same program).
   sub = jax.tree.map(lambda b: b[1000 - sample_steps:], sched)
-  run = jax.jit(lambda p, s, k: sampling.sample(lambda x, t: model.apply({"params": p}, x, t), s,
+  run = common.jit(lambda p, s, k: sampling.sample(lambda x, t: model.apply({"params": p}, x, t), s,
                                                 (batch, 32, 32, 3), k, model_var_type="fixed_large"))
   compiled, _, _ = common.compile_seconds_and_flops(run, params, sub, jax.random.key(1))
   per_step = common.time_call(lambda: compiled(params, sub, jax.random.key(1)), repeats=3, min_seconds=0.0)
@@ -112,7 +112,10 @@ def main() -> None:
   parser.add_argument("--sample_steps", type=int, default=20)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--out", default=None)
+  parser.add_argument("--xla_defaults", action="store_true",
+                      help="compile with XLA's default options instead of diffusion_jax.compiler's")
   args = parser.parse_args()
+  common.XLA_DEFAULTS = args.xla_defaults
   out = args.out or f"benchmarks/results/peers_{args.workload}.json"
   os.makedirs(os.path.dirname(out), exist_ok=True)
   batch = args.batch or train_throughput.WORKLOADS[args.workload]["batch"]

@@ -46,14 +46,14 @@ def bench(name: str, full: bool) -> list[dict]:
   model, shape = MODELS[name]
   x = jax.random.normal(jax.random.key(0), shape)
   t = jnp.zeros((shape[0],), jnp.int32)
-  params = jax.jit(model.init)(jax.random.key(1), x, t)["params"]
-  forward = jax.jit(lambda p, x, t: model.apply({"params": p}, x, t))
+  params = common.jit(model.init)(jax.random.key(1), x, t)["params"]
+  forward = common.jit(lambda p, x, t: model.apply({"params": p}, x, t))
   forward_s = common.time_call(lambda: forward(params, x, t))
   clip = not name.startswith("mlp")
   rows = []
   for T in (100, 1000):
     sched = schedules.make_schedule(schedules.get_beta_schedule("linear", num_diffusion_steps=T))
-    run = jax.jit(lambda p, s, k: sampling.sample(lambda x, t: model.apply({"params": p}, x, t), s, shape, k,
+    run = common.jit(lambda p, s, k: sampling.sample(lambda x, t: model.apply({"params": p}, x, t), s, shape, k,
                                                   model_var_type="fixed_large", clip_denoised=clip))
     compiled, compile_s, _ = common.compile_seconds_and_flops(run, params, sched, jax.random.key(2))
     extrapolated = name == "unet_cpu" and T == 1000 and not full
@@ -64,7 +64,7 @@ def bench(name: str, full: bool) -> list[dict]:
                                repeats=1 if name == "unet_cpu" else 3, min_seconds=0.0)
 
     # The same chain as a Python loop: one jitted step, dispatched T times.
-    @jax.jit
+    @common.jit
     def step(p, s, x, t, key):
       tb = jnp.full((shape[0],), t, jnp.int32)
       out = diffusion.p_mean_variance(s, model.apply({"params": p}, x, tb), x, tb, model_var_type="fixed_large",
@@ -97,7 +97,10 @@ def main() -> None:
   parser.add_argument("--models", default="mlp,mlp_256,unet_toy,unet_cpu")
   parser.add_argument("--full", action="store_true", help="also run unet_cpu at T = 1000 and its Python loop")
   parser.add_argument("--out", default="benchmarks/results/sampling.json")
+  parser.add_argument("--xla_defaults", action="store_true",
+                      help="compile with XLA's default options instead of diffusion_jax.compiler's")
   args = parser.parse_args()
+  common.XLA_DEFAULTS = args.xla_defaults
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   start = time.time()
   rows = [r for m in args.models.split(",") for r in bench(m, args.full)]

@@ -56,7 +56,7 @@ def bench(name: str, batch: int | None, dtype: str, steps_per_call: int, repeats
   tx = train.build_optimizer(c)
   mesh = parallel.make_mesh()
   schedule = schedules.make_schedule(train.make_betas(c))
-  state = jax.jit(functools.partial(train.init_state, model, tx, info),
+  state = common.jit(functools.partial(train.init_state, model, tx, info),
                   out_shardings=parallel.replicated(mesh))(jax.random.key(0))
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   B = c.training.global_batch_size
@@ -64,7 +64,7 @@ def bench(name: str, batch: int | None, dtype: str, steps_per_call: int, repeats
   batch_arrays = {"x": jax.device_put(np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8),
                                       parallel.batch_sharding(mesh, int(steps_per_call > 1)))}
   cfg = train.StepConfig(0, "eps", "fixed_large", 0.9999, False)
-  step = jax.jit(functools.partial(train.train_step, model=model, tx=tx, lr_fn=train.learning_rate_fn(c), cfg=cfg,
+  step = common.jit(functools.partial(train.train_step, model=model, tx=tx, lr_fn=train.learning_rate_fn(c), cfg=cfg,
                                    steps_per_call=steps_per_call), donate_argnums=0)
   compiled, compile_s, flops = common.compile_seconds_and_flops(step, state, batch_arrays, schedule)
   holder = [state]
@@ -93,7 +93,10 @@ def main() -> None:
   parser.add_argument("--steps_per_call", default="1", help="comma-separated, e.g. 1,4")
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--out", default=None)
+  parser.add_argument("--xla_defaults", action="store_true",
+                      help="compile with XLA's default options instead of diffusion_jax.compiler's")
   args = parser.parse_args()
+  common.XLA_DEFAULTS = args.xla_defaults
   out = args.out or f"benchmarks/results/train_{args.workload}.json"
   os.makedirs(os.path.dirname(out), exist_ok=True)
   matmul = common.matmul_gflops()

@@ -31,11 +31,11 @@ def bench(name: str, batch: int, dtype: jnp.dtype, matmul: float) -> list[dict]:
   model = UNet(**SIZES[name], dtype=dtype)
   x = jax.random.normal(jax.random.key(0), (batch, 32, 32, 3))
   t = jnp.arange(batch) * 7 % 1000
-  params = jax.jit(model.init)(jax.random.key(1), x, t)
+  params = common.jit(model.init)(jax.random.key(1), x, t)
   rngs = {"dropout": jax.random.key(2)}
   n_params = sum(math.prod(p.shape) for p in jax.tree.leaves(params))
-  forward = jax.jit(lambda p, x: model.apply(p, x, t))
-  backward = jax.jit(jax.grad(lambda p, x: jnp.mean(jnp.square(model.apply(p, x, t, train=True, rngs=rngs)))))
+  forward = common.jit(lambda p, x: model.apply(p, x, t))
+  backward = common.jit(jax.grad(lambda p, x: jnp.mean(jnp.square(model.apply(p, x, t, train=True, rngs=rngs)))))
   rows = []
   for label, fn in [("forward", forward), ("forward+backward", backward)]:
     compiled, compile_s, flops = common.compile_seconds_and_flops(fn, params, x)
@@ -56,7 +56,10 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=16)
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   parser.add_argument("--out", default="benchmarks/results/unet.json")
+  parser.add_argument("--xla_defaults", action="store_true",
+                      help="compile with XLA's default options instead of diffusion_jax.compiler's")
   args = parser.parse_args()
+  common.XLA_DEFAULTS = args.xla_defaults
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   matmul = common.matmul_gflops()
   print(f"float32 matmul rate: {matmul:.1f} GFLOP/s", flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sys
@@ -13,7 +14,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from diffusion_jax import data, images, losses, parallel, train
+from diffusion_jax import compiler, data, images, losses, parallel, train
 from diffusion_jax.checkpoint import Checkpointer
 
 
@@ -81,7 +82,7 @@ def evaluate_bpd(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
   ec = config.eval
   params = _params(state, config)
 
-  @jax.jit
+  @functools.partial(jax.jit, compiler_options=compiler.compiler_options())
   def bound(params: Any, schedule: Any, x: jax.Array, key: jax.Array) -> losses.VariationalBound:
     return losses.variational_bound(
         train.model_fn(s.model, params), schedule, data.to_model_input(x), key,

@@ -34,7 +34,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from diffusion_jax import data, diffusion, images, losses, parallel, sampling, schedules
+from diffusion_jax import compiler, data, diffusion, images, losses, parallel, sampling, schedules
 from diffusion_jax.checkpoint import Checkpointer
 from diffusion_jax.models.mlp import MLPDenoiser
 from diffusion_jax.models.unet import UNet
@@ -367,7 +367,7 @@ def make_sample_fn(s: Setup, config: ml_collections.ConfigDict, batch_size: int)
                            model_var_type=config.diffusion.model_var_type,
                            clip_denoised=sc.clip_denoised and s.info.is_image, sharding=sharding)
 
-  jitted = jax.jit(draw, out_shardings=sharding)
+  jitted = jax.jit(draw, out_shardings=sharding, compiler_options=compiler.compiler_options())
   return lambda params, key: jitted(params, s.schedule, key)
 
 
@@ -397,7 +397,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       functools.partial(train_step, model=s.model, tx=s.tx, lr_fn=learning_rate_fn(config), cfg=cfg,
                         steps_per_call=k),
       in_shardings=(state_sharding, parallel.batch_sharding(s.mesh, leading), parallel.replicated(s.mesh)),
-      out_shardings=(state_sharding, parallel.replicated(s.mesh)), donate_argnums=0)
+      out_shardings=(state_sharding, parallel.replicated(s.mesh)), donate_argnums=0,
+      compiler_options=compiler.compiler_options())
   preview = make_sample_fn(s, config, config.sampling.preview_samples)
   batches = data.iterate(data.train_batches(config), step // k)
   writer = _Writer(workdir)

@@ -60,9 +60,11 @@ class GroupNorm(nn.Module):
     scale = self.param("scale", nn.initializers.ones, (C,))
     bias = self.param("bias", nn.initializers.zeros, (C,))
     x32 = x.astype(jnp.float32)
-    grouped = x32.reshape(x.shape[0], -1, self.num_groups, per_group)
-    mean = jnp.mean(grouped, axis=(1, 3))
-    var = jnp.maximum(jnp.mean(jnp.square(grouped), axis=(1, 3)) - jnp.square(mean), 0.0)
+    spatial = tuple(range(1, x.ndim - 1))
+    n = per_group * math.prod(x.shape[1:-1])
+    group_sum = lambda s: s.reshape(x.shape[0], self.num_groups, per_group).sum(-1)  # (B, C) -> (B, G)
+    mean = group_sum(jnp.sum(x32, spatial)) / n
+    var = jnp.maximum(group_sum(jnp.sum(jnp.square(x32), spatial)) / n - jnp.square(mean), 0.0)
     a = jnp.repeat(jax.lax.rsqrt(var + self.epsilon), per_group, axis=1) * scale  # (B, C)
     b = bias - jnp.repeat(mean, per_group, axis=1) * a
     shape = (x.shape[0],) + (1,) * (x.ndim - 2) + (C,)
