@@ -1,7 +1,8 @@
 """Ours against the PyTorch peer, same machine, same run, same work.
 
     pip install -e ".[bench]"      # torch==2.13.0 (CPU build) and diffusers
-    python benchmarks/peers.py [--workload cpu] [--sample_steps 20] [--out benchmarks/results/peers_cpu.json]
+    python benchmarks/peers.py [--workload cpu] [--rounds 5] [--train_steps 3] [--sample_steps 10]
+        [--out benchmarks/results/peers_cpu.json]
 
 The peer is diffusers' `UNet2DModel` configured as the DDPM architecture (the
 layout of google/ddpm-cifar10-32: ResNet blocks, attention at 16x16) with
@@ -10,6 +11,9 @@ sampling is its Python loop over `scheduler.step`. Ours is `train.train_step` an
 `sampling.sample` (one `lax.scan`). Sampling is timed over `sample_steps`
 denoising steps for both (a full 1000-step batch takes ~4-7 minutes per side on
 2 CPU cores); the per-1000-step figure is that time x 1000 / sample_steps.
+The two sides alternate, round after round, so that both see the same machine
+(a shared CPU's speed drifts by +-10% within minutes); the table gives the
+medians and the range of the per-round ratios.
 """
 
 from __future__ import annotations
@@ -17,11 +21,11 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import statistics
 import sys
 import time
 
 import jax
-import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -31,7 +35,8 @@ import train_throughput  # noqa: E402
 from diffusion_jax import sampling, schedules, train  # noqa: E402
 
 
-def torch_figures(ch: int, batch: int, sample_steps: int, repeats: int) -> dict:
+def torch_side(ch: int, batch: int, sample_steps: int) -> dict:
+  """diffusers' DDPM UNet: `train()` is one Adam step, `sample()` is `sample_steps` scheduler steps."""
   import torch
   from diffusers import DDPMScheduler, UNet2DModel
 
@@ -46,6 +51,7 @@ def torch_figures(ch: int, batch: int, sample_steps: int, repeats: int) -> dict:
   n_params = sum(p.numel() for p in model.parameters())
   scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", variance_type="fixed_large",
                             clip_sample=True)
+  scheduler.set_timesteps(1000)
   opt = torch.optim.Adam(model.parameters(), lr=2e-4)
   x0 = torch.rand(batch, 3, 32, 32) * 2 - 1
 
@@ -60,32 +66,21 @@ def torch_figures(ch: int, batch: int, sample_steps: int, repeats: int) -> dict:
     opt.step()
     return loss.item()
 
-  for _ in range(2):
-    train_step()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    for _ in range(3):
-      train_step()
-    times.append((time.perf_counter() - start) / 3)
-  train_s = float(np.median(times))
+  def sample():
+    model.eval()
+    with torch.no_grad():
+      x = torch.randn(batch, 3, 32, 32)
+      for t in scheduler.timesteps[:sample_steps]:
+        x = scheduler.step(model(x, t).sample, t, x).prev_sample
+    return x
 
-  model.eval()
-  scheduler.set_timesteps(1000)
-  with torch.no_grad():
-    x = torch.randn(batch, 3, 32, 32)
-    for t in scheduler.timesteps[:2]:  # warm-up
-      x = scheduler.step(model(x, t).sample, t, x).prev_sample
-    start = time.perf_counter()
-    for t in scheduler.timesteps[2: 2 + sample_steps]:
-      x = scheduler.step(model(x, t).sample, t, x).prev_sample
-    per_step = (time.perf_counter() - start) / sample_steps
-  return {"params": n_params, "train_images_per_s": batch / train_s, "train_step_s": train_s,
-          "sample_step_s": per_step, "sample_1000_steps_s": per_step * 1000, "torch": torch.__version__}
+  return {"name": f"diffusers UNet2DModel + DDPMScheduler (torch {torch.__version__})", "params": n_params,
+          "train": train_step, "sample": sample}
 
 
-def our_figures(workload: str, batch: int, sample_steps: int, repeats: int, matmul: float) -> dict:
-  row = train_throughput.bench(workload, batch, "float32", 1, repeats, matmul)
+def our_side(workload: str, batch: int, sample_steps: int) -> dict:
+  """`train.train_step` (compiled) and the first `sample_steps` steps of the 1000-step scan sampler."""
+  step = train_throughput.prepare(workload, batch, "float32", 1)
   c = train_throughput.workload_config(workload, batch, "float32", 1)
   info = train.data.DatasetInfo("cifar10-shaped", (32, 32, 3), None, True)
   c.model.dropout = 0.0
@@ -96,21 +91,27 @@ def our_figures(workload: str, batch: int, sample_steps: int, repeats: int, matm
   # The first `sample_steps` steps of the 1000-step chain, as one scan (the full chain is the same program).
   sub = jax.tree.map(lambda b: b[1000 - sample_steps:], sched)
   run = common.jit(lambda p, s, k: sampling.sample(lambda x, t: model.apply({"params": p}, x, t), s,
-                                                (batch, 32, 32, 3), k, model_var_type="fixed_large"))
+                                                   (batch, 32, 32, 3), k, model_var_type="fixed_large"))
   compiled, _, _ = common.compile_seconds_and_flops(run, params, sub, jax.random.key(1))
-  per_step = common.time_call(lambda: compiled(params, sub, jax.random.key(1)), repeats=3, min_seconds=0.0)
-  per_step /= sample_steps
-  return {"params": row["params"], "train_images_per_s": row["images_per_s"], "train_step_s": row["step_s"],
-          "train_fraction_of_matmul": row["fraction_of_matmul"], "sample_step_s": per_step,
-          "sample_1000_steps_s": per_step * 1000}
+  return {"name": f"diffusion_jax (JAX {jax.__version__})", "params": step["params"], "flops": step["flops"],
+          "train": lambda: common.block(step["run"]()),
+          "sample": lambda: common.block(compiled(params, sub, jax.random.key(1)))}
+
+
+def seconds(fn, calls: int) -> float:
+  start = time.perf_counter()
+  for _ in range(calls):
+    fn()
+  return (time.perf_counter() - start) / calls
 
 
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--workload", default="cpu", choices=sorted(train_throughput.WORKLOADS))
   parser.add_argument("--batch", type=int, default=None)
-  parser.add_argument("--sample_steps", type=int, default=20)
-  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--sample_steps", type=int, default=10, help="denoising steps timed per round")
+  parser.add_argument("--train_steps", type=int, default=3, help="optimizer steps timed per round")
+  parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--out", default=None)
   parser.add_argument("--xla_defaults", action="store_true",
                       help="compile with XLA's default options instead of diffusion_jax.compiler's")
@@ -121,17 +122,33 @@ def main() -> None:
   batch = args.batch or train_throughput.WORKLOADS[args.workload]["batch"]
   ch = train_throughput.WORKLOADS[args.workload]["ch"]
   matmul = common.matmul_gflops()
-  ours = our_figures(args.workload, batch, args.sample_steps, args.repeats, matmul)
-  theirs = torch_figures(ch, batch, args.sample_steps, args.repeats)
-  rows = [{"impl": "diffusion_jax (JAX " + jax.__version__ + ")", **ours},
-          {"impl": "diffusers UNet2DModel + DDPMScheduler (torch " + theirs.pop("torch") + ")", **theirs},
-          {"impl": "ratio ours/theirs (higher is better for images/s, lower for seconds)",
-           **{k: ours[k] / theirs[k] for k in ("train_images_per_s", "sample_step_s", "sample_1000_steps_s")}}]
-  common.report(f"{args.workload} workload, batch {batch}, ours vs PyTorch peer "
-                f"(float32 matmul {matmul:.0f} GFLOP/s)", rows,
+  sides = [our_side(args.workload, batch, args.sample_steps), torch_side(ch, batch, args.sample_steps)]
+  for side in sides:  # warm-up
+    side["train"](), side["sample"]()
+  train_s, sample_s = [[] for _ in sides], [[] for _ in sides]
+  for r in range(args.rounds):  # alternate the two sides, so that both see the same machine
+    for i, side in enumerate(sides):
+      train_s[i].append(seconds(side["train"], args.train_steps))
+      sample_s[i].append(seconds(side["sample"], 1) / args.sample_steps)
+    print(f"round {r}: train s/step {[t[-1] for t in train_s]}, sample s/step {[t[-1] for t in sample_s]}",
+          flush=True)
+  rows = []
+  for i, side in enumerate(sides):
+    step, per_step = statistics.median(train_s[i]), statistics.median(sample_s[i])
+    rows.append({"impl": side["name"], "params": side["params"], "train_images_per_s": batch / step,
+                 "train_step_s": step, "sample_step_s": per_step, "sample_1000_steps_s": per_step * 1000})
+  rows[0]["train_fraction_of_matmul"] = sides[0]["flops"] / rows[0]["train_step_s"] / 1e9 / matmul
+  train_ratio = [b / a for a, b in zip(*train_s)]
+  sample_ratio = [a / b for a, b in zip(*sample_s)]
+  rows.append({"impl": "ratio ours/theirs (higher is better for images/s, lower for seconds)",
+               **{k: rows[0][k] / rows[1][k] for k in ("train_images_per_s", "sample_step_s", "sample_1000_steps_s")},
+               "train_ratio_per_round": f"{min(train_ratio):.3f}-{max(train_ratio):.3f}",
+               "sample_ratio_per_round": f"{min(sample_ratio):.3f}-{max(sample_ratio):.3f}"})
+  common.report(f"{args.workload} workload, batch {batch}, ours vs PyTorch peer, medians of {args.rounds} "
+                f"alternating rounds (float32 matmul {matmul:.0f} GFLOP/s)", rows,
                 ["impl", "params", "train_images_per_s", "train_fraction_of_matmul", "sample_step_s",
-                 "sample_1000_steps_s"], out, {"matmul_gflops": matmul})
-
+                 "sample_1000_steps_s", "train_ratio_per_round", "sample_ratio_per_round"], out,
+                {"matmul_gflops": matmul, "train_step_s": train_s, "sample_step_s": sample_s})
 
 if __name__ == "__main__":
   main()

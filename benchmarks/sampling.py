@@ -48,7 +48,7 @@ def bench(name: str, full: bool) -> list[dict]:
   t = jnp.zeros((shape[0],), jnp.int32)
   params = common.jit(model.init)(jax.random.key(1), x, t)["params"]
   forward = common.jit(lambda p, x, t: model.apply({"params": p}, x, t))
-  forward_s = common.time_call(lambda: forward(params, x, t))
+  forward_time = lambda: common.time_call(lambda: forward(params, x, t))
   clip = not name.startswith("mlp")
   rows = []
   for T in (100, 1000):
@@ -58,10 +58,12 @@ def bench(name: str, full: bool) -> list[dict]:
     compiled, compile_s, _ = common.compile_seconds_and_flops(run, params, sched, jax.random.key(2))
     extrapolated = name == "unet_cpu" and T == 1000 and not full
     if extrapolated:
-      run_s = rows[-1]["per_step_s"] * T
-    else:
+      run_s, forward_s = rows[-1]["per_step_s"] * T, rows[-1]["forward_s"]
+    else:  # the forward pass timed right before and after the chain: a shared CPU's speed drifts
+      before = forward_time()
       run_s = common.time_call(lambda: compiled(params, sched, jax.random.key(2)),
                                repeats=1 if name == "unet_cpu" else 3, min_seconds=0.0)
+      forward_s = (before + forward_time()) / 2
 
     # The same chain as a Python loop: one jitted step, dispatched T times.
     @common.jit

@@ -49,7 +49,8 @@ def workload_config(name: str, batch: int | None, dtype: str, steps_per_call: in
   return c
 
 
-def bench(name: str, batch: int | None, dtype: str, steps_per_call: int, repeats: int, matmul: float) -> dict:
+def prepare(name: str, batch: int | None, dtype: str, steps_per_call: int) -> dict:
+  """The workload's compiled train step, ready to run: `run()` does one call (`steps_per_call` steps)."""
   c = workload_config(name, batch, dtype, steps_per_call)
   info = data.DatasetInfo("cifar10-shaped", (32, 32, 3), None, True)
   model = train.build_model(c, info)
@@ -57,7 +58,7 @@ def bench(name: str, batch: int | None, dtype: str, steps_per_call: int, repeats
   mesh = parallel.make_mesh()
   schedule = schedules.make_schedule(train.make_betas(c))
   state = common.jit(functools.partial(train.init_state, model, tx, info),
-                  out_shardings=parallel.replicated(mesh))(jax.random.key(0))
+                     out_shardings=parallel.replicated(mesh))(jax.random.key(0))
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   B = c.training.global_batch_size
   shape = ((steps_per_call,) if steps_per_call > 1 else ()) + (B, 32, 32, 3)
@@ -65,15 +66,21 @@ def bench(name: str, batch: int | None, dtype: str, steps_per_call: int, repeats
                                       parallel.batch_sharding(mesh, int(steps_per_call > 1)))}
   cfg = train.StepConfig(0, "eps", "fixed_large", 0.9999, False)
   step = common.jit(functools.partial(train.train_step, model=model, tx=tx, lr_fn=train.learning_rate_fn(c), cfg=cfg,
-                                   steps_per_call=steps_per_call), donate_argnums=0)
+                                      steps_per_call=steps_per_call), donate_argnums=0)
   compiled, compile_s, flops = common.compile_seconds_and_flops(step, state, batch_arrays, schedule)
   holder = [state]
 
-  def one_call():
+  def run():
     holder[0], metrics = compiled(holder[0], batch_arrays, schedule)
     return metrics
 
-  seconds = common.time_call(one_call, repeats=repeats, min_seconds=2.0) / steps_per_call
+  return {"run": run, "params": int(n_params), "batch": B, "flops": flops, "compile_s": compile_s}
+
+
+def bench(name: str, batch: int | None, dtype: str, steps_per_call: int, repeats: int, matmul: float) -> dict:
+  p = prepare(name, batch, dtype, steps_per_call)
+  B, flops, compile_s, n_params = p["batch"], p["flops"], p["compile_s"], p["params"]
+  seconds = common.time_call(p["run"], repeats=repeats, min_seconds=2.0) / steps_per_call
   flops_per_step = flops / steps_per_call
   row = {
       "workload": name, "params": int(n_params), "batch": B, "dtype": dtype, "steps_per_call": steps_per_call,

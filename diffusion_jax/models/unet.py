@@ -27,13 +27,13 @@ class ResnetBlock(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, temb: jax.Array, train: bool) -> jax.Array:
-    norm = lambda name: GroupNorm(self.num_groups, epsilon=1e-6, dtype=self.dtype, name=name)
+    norm = lambda name: GroupNorm(self.num_groups, epsilon=1e-6, swish=True, dtype=self.dtype, name=name)
     conv = lambda scale, name: nn.Conv(self.out_ch, (3, 3), padding="SAME", dtype=self.dtype,
                                        kernel_init=default_init(scale), name=name)
-    h = conv(1.0, "conv1")(nn.swish(norm("norm1")(x)))
+    h = conv(1.0, "conv1")(norm("norm1")(x))
     h = h + nn.Dense(self.out_ch, dtype=self.dtype, kernel_init=default_init(), name="temb_proj")(
         nn.swish(temb))[:, None, None, :]
-    h = nn.Dropout(self.dropout, deterministic=not train)(nn.swish(norm("norm2")(h)))
+    h = nn.Dropout(self.dropout, deterministic=not train)(norm("norm2")(h))
     h = conv(0.0, "conv2")(h)
     if x.shape[-1] != self.out_ch:
       x = nn.Dense(self.out_ch, dtype=self.dtype, kernel_init=default_init(), name="nin_shortcut")(x)
@@ -177,5 +177,5 @@ class UNet(nn.Module):
       if i != 0:
         h = conv(h.shape[-1], f"up_{i}_upsample")(jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2))
 
-    h = nn.swish(GroupNorm(self.num_groups, epsilon=1e-6, dtype=self.dtype, name="norm_out")(h))
+    h = GroupNorm(self.num_groups, epsilon=1e-6, swish=True, dtype=self.dtype, name="norm_out")(h)
     return conv(out_ch, "conv_out", scale=0.0)(h).astype(jnp.float32)
