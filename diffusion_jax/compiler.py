@@ -1,12 +1,12 @@
 """XLA compiler options for the library's compiled programs, per backend.
 
-On the CPU, jaxlib >= 0.8 hands convolutions, matmuls and reductions to
+On the CPU, jaxlib 0.10 hands convolutions, matmuls and reductions to
 YNNPACK by default. For the DDPM UNet that is the wrong split: YNNPACK's 3x3
-convolutions with 64 channels run at about half the speed of XLA's own kernels
-(95 vs 165 GFLOP/s forward at 32x32, batch 16, on 2 cores), while its
+convolutions with 64 channels run at about 0.6x the speed of XLA's own kernels
+(95 vs ~155 GFLOP/s forward at 32x32, batch 16, on 2 cores), while its
 reductions are 7x faster than XLA's loop emitter on the bias and normalisation
 gradients. Keeping YNNPACK for reductions only makes the CPU workload's train
-step ~17% and its forward pass ~20% faster (benchmarks/BENCHMARKS.md). The
+step ~15-20% and its forward pass ~20-30% faster (BENCHMARKS.md). The
 option is passed per program (`jax.jit(..., compiler_options=...)`), so it
 changes nothing else in the process; an `XLA_FLAGS` setting of the same option
 wins.

@@ -10,7 +10,7 @@ import pytest
 import reference as ref
 import flax.linen as nn
 
-from diffusion_jax.models.layers import GroupNorm, timestep_embedding
+from diffusion_jax.models.layers import GroupNorm, group_norm, timestep_embedding
 from diffusion_jax.models.mlp import MLPDenoiser
 from diffusion_jax.models.unet import UNet
 
@@ -62,6 +62,16 @@ def test_group_norm_equals_flax_group_norm(shape, groups, swish):
   loss = lambda f: jax.jit(jax.grad(lambda v, x: jnp.sum(jnp.sin(3.0 * f(v, x))), argnums=(0, 1)))
   for a, b in zip(jax.tree.leaves(loss(ours.apply)(variables, x)), jax.tree.leaves(loss(ref_fn)(variables, x))):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * float(jnp.max(jnp.abs(b))))
+
+
+@pytest.mark.parametrize("x_shape, groups, param_shape, match", [
+    ((2, 4, 4, 12), 8, (12,), "12 channels are not divisible by num_groups = 8"),
+    ((2, 4, 4, 12), 4, (6,), r"scale and bias must have shape \(12,\)"),
+    ((12,), 4, (12,), r"shape \(batch, ..., channels\)"),
+])
+def test_group_norm_rejects_bad_shapes_before_tracing(x_shape, groups, param_shape, match):
+  with pytest.raises(ValueError, match=match):
+    group_norm(jnp.zeros(x_shape), jnp.ones(param_shape), jnp.zeros(param_shape), groups, 1e-6, False, jnp.float32)
 
 
 def _random_variables(model, seed, *args):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import math
 
 import flax.linen as nn
@@ -49,7 +48,8 @@ def _per_channel(s: jax.Array, num_groups: int, channels: int) -> jax.Array:
   return jnp.repeat(s, channels // num_groups, axis=1)
 
 
-def _affine(x32, scale, bias, mean, rstd, num_groups):
+def _affine(x32: jax.Array, scale: jax.Array, bias: jax.Array, mean: jax.Array, rstd: jax.Array,
+            num_groups: int) -> tuple[jax.Array, jax.Array]:
   """The normalisation as one per-channel affine map: a, b of shape (B, 1.., C) with GN(x) = x * a + b."""
   C = x32.shape[-1]
   a = _per_channel(rstd, num_groups, C) * scale
@@ -58,7 +58,8 @@ def _affine(x32, scale, bias, mean, rstd, num_groups):
   return a.reshape(shape), b.reshape(shape)
 
 
-def _group_norm_fwd(x, scale, bias, num_groups, epsilon, swish, dtype):
+def _group_norm_fwd(x: jax.Array, scale: jax.Array, bias: jax.Array, num_groups: int, epsilon: float, swish: bool,
+                    dtype: jnp.dtype) -> tuple[jax.Array, tuple[jax.Array, ...]]:
   x32 = x.astype(jnp.float32)
   spatial = tuple(range(1, x.ndim - 1))
   n = x.shape[-1] // num_groups * math.prod(x.shape[1:-1])
@@ -71,7 +72,8 @@ def _group_norm_fwd(x, scale, bias, num_groups, epsilon, swish, dtype):
   return out.astype(dtype), (x, scale, bias, mean, rstd)
 
 
-def _group_norm_bwd(num_groups, epsilon, swish, dtype, residuals, g):
+def _group_norm_bwd(num_groups: int, epsilon: float, swish: bool, dtype: jnp.dtype, residuals: tuple[jax.Array, ...],
+                    g: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
   del epsilon, dtype
   x, scale, bias, mean, rstd = residuals
   x32, g32 = x.astype(jnp.float32), g.astype(jnp.float32)
@@ -93,7 +95,10 @@ def _group_norm_bwd(num_groups, epsilon, swish, dtype, residuals, g):
   return dx.astype(x.dtype), s2.sum(0), s1.sum(0)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+_group_norm = jax.custom_vjp(lambda *args: _group_norm_fwd(*args)[0], nondiff_argnums=(3, 4, 5, 6))
+_group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
+
+
 def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, num_groups: int, epsilon: float, swish: bool,
                dtype: jnp.dtype) -> jax.Array:
   """y = (x - mean_g) / sqrt(var_g + eps) * scale + bias, then y * sigmoid(y) if `swish`.
@@ -113,11 +118,18 @@ def group_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, num_groups: int,
 
   Returns:
     Array of x's shape in `dtype`.
+
+  Raises:
+    ValueError: C not divisible by `num_groups`, or `scale`/`bias` not of shape (C,).
   """
-  return _group_norm_fwd(x, scale, bias, num_groups, epsilon, swish, dtype)[0]
-
-
-group_norm.defvjp(_group_norm_fwd, _group_norm_bwd)
+  if x.ndim < 2:
+    raise ValueError(f"x must have shape (batch, ..., channels), got {x.shape}.")
+  C = x.shape[-1]
+  if C % num_groups:
+    raise ValueError(f"{C} channels are not divisible by num_groups = {num_groups}.")
+  if scale.shape != (C,) or bias.shape != (C,):
+    raise ValueError(f"scale and bias must have shape ({C},), got {scale.shape} and {bias.shape}.")
+  return _group_norm(x, scale, bias, num_groups, epsilon, swish, dtype)
 
 
 class GroupNorm(nn.Module):
@@ -125,7 +137,7 @@ class GroupNorm(nn.Module):
 
   The same function and parameters (`scale`, `bias`) as `flax.linen.GroupNorm`
   (followed by `nn.swish`); on the CPU it is much cheaper, forward and backward
-  (benchmarks/BENCHMARKS.md).
+  (BENCHMARKS.md).
   """
 
   num_groups: int = 32
@@ -136,8 +148,6 @@ class GroupNorm(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     C = x.shape[-1]
-    if C % self.num_groups:
-      raise ValueError(f"{C} channels are not divisible by num_groups = {self.num_groups}.")
     scale = self.param("scale", nn.initializers.ones, (C,))
     bias = self.param("bias", nn.initializers.zeros, (C,))
     return group_norm(x, scale, bias, self.num_groups, self.epsilon, self.swish, self.dtype)
