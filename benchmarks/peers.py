@@ -24,6 +24,7 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 
 import jax
 
@@ -98,7 +99,8 @@ def our_side(workload: str, batch: int, sample_steps: int) -> dict:
           "sample": lambda: common.block(compiled(params, sub, jax.random.key(1)))}
 
 
-def seconds(fn, calls: int) -> float:
+def seconds(fn: Callable[[], object], calls: int) -> float:
+  """Mean wall seconds of `calls` calls of `fn` (each blocks until its result is ready)."""
   start = time.perf_counter()
   for _ in range(calls):
     fn()
@@ -124,7 +126,8 @@ def main() -> None:
   matmul = common.matmul_gflops()
   sides = [our_side(args.workload, batch, args.sample_steps), torch_side(ch, batch, args.sample_steps)]
   for side in sides:  # warm-up
-    side["train"](), side["sample"]()
+    side["train"]()
+    side["sample"]()
   train_s, sample_s = [[] for _ in sides], [[] for _ in sides]
   for r in range(args.rounds):  # alternate the two sides, so that both see the same machine
     for i, side in enumerate(sides):
@@ -149,6 +152,7 @@ def main() -> None:
                 ["impl", "params", "train_images_per_s", "train_fraction_of_matmul", "sample_step_s",
                  "sample_1000_steps_s", "train_ratio_per_round", "sample_ratio_per_round"], out,
                 {"matmul_gflops": matmul, "train_step_s": train_s, "sample_step_s": sample_s})
+
 
 if __name__ == "__main__":
   main()
