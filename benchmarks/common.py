@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -17,6 +18,16 @@ from diffusion_jax import compiler
 
 # Set from the scripts' --xla_defaults flag: compile with XLA's default options instead of the library's.
 XLA_DEFAULTS = False
+
+
+def parse_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+  """`parser.parse_args()` with the shared `--xla_defaults` flag added and applied."""
+  parser.add_argument("--xla_defaults", action="store_true",
+                      help="compile with XLA's default options instead of diffusion_jax.compiler's")
+  args = parser.parse_args()
+  global XLA_DEFAULTS
+  XLA_DEFAULTS = args.xla_defaults
+  return args
 
 
 def jit(fn: Callable[..., Any], **kwargs: Any) -> Any:

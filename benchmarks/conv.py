@@ -37,10 +37,7 @@ def main() -> None:
   parser.add_argument("--size", type=int, default=32)
   parser.add_argument("--channels", type=int, default=64)
   parser.add_argument("--out", default="benchmarks/results/conv.json")
-  parser.add_argument("--xla_defaults", action="store_true",
-                      help="compile with XLA's default options instead of diffusion_jax.compiler's")
-  args = parser.parse_args()
-  common.XLA_DEFAULTS = args.xla_defaults
+  args = common.parse_args(parser)
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   B, H, C = args.batch, args.size, args.channels
   x = jax.random.normal(jax.random.key(0), (B, H, H, C))

@@ -115,10 +115,7 @@ def main() -> None:
   parser.add_argument("--train_steps", type=int, default=3, help="optimizer steps timed per round")
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--out", default=None)
-  parser.add_argument("--xla_defaults", action="store_true",
-                      help="compile with XLA's default options instead of diffusion_jax.compiler's")
-  args = parser.parse_args()
-  common.XLA_DEFAULTS = args.xla_defaults
+  args = common.parse_args(parser)
   out = args.out or f"benchmarks/results/peers_{args.workload}.json"
   os.makedirs(os.path.dirname(out), exist_ok=True)
   batch = args.batch or train_throughput.WORKLOADS[args.workload]["batch"]

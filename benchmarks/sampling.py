@@ -99,10 +99,7 @@ def main() -> None:
   parser.add_argument("--models", default="mlp,mlp_256,unet_toy,unet_cpu")
   parser.add_argument("--full", action="store_true", help="also run unet_cpu at T = 1000 and its Python loop")
   parser.add_argument("--out", default="benchmarks/results/sampling.json")
-  parser.add_argument("--xla_defaults", action="store_true",
-                      help="compile with XLA's default options instead of diffusion_jax.compiler's")
-  args = parser.parse_args()
-  common.XLA_DEFAULTS = args.xla_defaults
+  args = common.parse_args(parser)
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   start = time.time()
   rows = [r for m in args.models.split(",") for r in bench(m, args.full)]

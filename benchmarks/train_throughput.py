@@ -100,10 +100,7 @@ def main() -> None:
   parser.add_argument("--steps_per_call", default="1", help="comma-separated, e.g. 1,4")
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--out", default=None)
-  parser.add_argument("--xla_defaults", action="store_true",
-                      help="compile with XLA's default options instead of diffusion_jax.compiler's")
-  args = parser.parse_args()
-  common.XLA_DEFAULTS = args.xla_defaults
+  args = common.parse_args(parser)
   out = args.out or f"benchmarks/results/train_{args.workload}.json"
   os.makedirs(os.path.dirname(out), exist_ok=True)
   matmul = common.matmul_gflops()

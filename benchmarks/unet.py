@@ -56,10 +56,7 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=16)
   parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
   parser.add_argument("--out", default="benchmarks/results/unet.json")
-  parser.add_argument("--xla_defaults", action="store_true",
-                      help="compile with XLA's default options instead of diffusion_jax.compiler's")
-  args = parser.parse_args()
-  common.XLA_DEFAULTS = args.xla_defaults
+  args = common.parse_args(parser)
   os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
   matmul = common.matmul_gflops()
   print(f"float32 matmul rate: {matmul:.1f} GFLOP/s", flush=True)
