@@ -217,15 +217,23 @@ def _one_step(state: TrainState, batch: dict[str, jax.Array], schedule: schedule
 
   (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   grad_norm = optax.tree.norm(grads)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
-  params = optax.apply_updates(state.params, updates)
-  ema_params = optax.incremental_update(params, state.ema_params, 1.0 - cfg.ema_decay)
   finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  updated = state.replace(step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state)
-  # A non-finite update never reaches the state: skipped (step advances), or the state stays as it
-  # was for the host to stop on.
-  kept = state.replace(step=state.step + 1, skipped_steps=state.skipped_steps + 1) if cfg.skip_nonfinite else state
-  new_state = jax.tree.map(lambda a, b: jnp.where(finite, a, b), updated, kept)
+
+  def update(state: TrainState) -> TrainState:
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema_params = optax.incremental_update(params, state.ema_params, 1.0 - cfg.ema_decay)
+    return state.replace(step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state)
+
+  def keep(state: TrainState) -> TrainState:
+    if cfg.skip_nonfinite:
+      return state.replace(step=state.step + 1, skipped_steps=state.skipped_steps + 1)
+    return state
+
+  # A non-finite update never reaches the state: skipped (step advances), or the state stays as it was
+  # for the host to stop on. A branch, not a select of both states: the donated buffers are then updated
+  # in place, without a copy of every parameter and moment per step.
+  new_state = jax.lax.cond(finite, update, keep, state)
   metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": lr_fn(state.step), "finite": finite,
              "step": state.step, **{f"loss_{k}": jnp.mean(v) for k, v in terms.items() if k != "loss"}}
   return new_state, metrics

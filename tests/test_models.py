@@ -10,7 +10,7 @@ import pytest
 import reference as ref
 import flax.linen as nn
 
-from diffusion_jax.models.layers import GroupNorm, group_norm, timestep_embedding
+from diffusion_jax.models.layers import GroupNorm, dropout, group_norm, timestep_embedding
 from diffusion_jax.models.mlp import MLPDenoiser
 from diffusion_jax.models.unet import UNet
 
@@ -72,6 +72,39 @@ def test_group_norm_equals_flax_group_norm(shape, groups, swish):
 def test_group_norm_rejects_bad_shapes_before_tracing(x_shape, groups, param_shape, match):
   with pytest.raises(ValueError, match=match):
     group_norm(jnp.zeros(x_shape), jnp.ones(param_shape), jnp.zeros(param_shape), groups, 1e-6, False, jnp.float32)
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.5])
+def test_dropout_keeps_each_element_independently_with_probability_1_minus_rate(rate):
+  """Kept fraction, E[output] = x, and the two elements sharing a 32-bit word, against binomial tolerances."""
+  shape = (8, 32, 32, 96)
+  n = math.prod(shape)
+  x = jnp.asarray(np.random.default_rng(0).uniform(1.0, 2.0, shape), jnp.float32)
+  out = np.asarray(jax.jit(dropout, static_argnums=1)(x, rate, jax.random.key(0)))
+  kept = out != 0
+  p_drop = round(rate * 2**16) / 2**16
+  np.testing.assert_array_equal(out[kept], np.asarray(x)[kept] * np.float32(1 / (1 - p_drop)))
+  sigma = math.sqrt(p_drop * (1 - p_drop) / n)
+  assert abs(kept.mean() - (1 - p_drop)) < 5 * sigma
+  ratio = out / np.asarray(x)  # mask / (1 - p): mean 1, std sqrt(p / (1 - p))
+  assert abs(ratio.mean() - 1.0) < 5 * math.sqrt(p_drop / (1 - p_drop) / n)
+  pairs = kept.reshape(-1, 2).astype(np.float64)  # elements 2i, 2i+1 come from one 32-bit word
+  corr = np.corrcoef(pairs[:, 0], pairs[:, 1])[0, 1]
+  assert abs(corr) < 5 / math.sqrt(n / 2)
+  assert abs(np.corrcoef(kept[0].ravel(), kept[1].ravel())[0, 1]) < 5 / math.sqrt(n / 8)  # across examples
+
+
+def test_dropout_shapes_keys_and_rates():
+  x = jnp.ones((5, 7))  # odd channel count: the last word's second half is unused
+  a, b = dropout(x, 0.3, jax.random.key(1)), dropout(x, 0.3, jax.random.key(2))
+  assert a.shape == (5, 7) and a.dtype == x.dtype
+  np.testing.assert_array_equal(a, dropout(x, 0.3, jax.random.key(1)))
+  assert not np.array_equal(a, b)
+  np.testing.assert_array_equal(dropout(x, 0.0, jax.random.key(1)), x)
+  assert dropout(x.astype(jnp.bfloat16), 0.3, jax.random.key(1)).dtype == jnp.bfloat16
+  for bad in (-0.1, 1.0):
+    with pytest.raises(ValueError, match=rf"dropout rate must be in \[0, 1\), got {bad}"):
+      dropout(x, bad, jax.random.key(1))
 
 
 def _random_variables(model, seed, *args):

@@ -38,24 +38,63 @@ def default_init(scale: float = 1.0) -> nn.initializers.Initializer:
   return nn.initializers.variance_scaling(1e-10 if scale == 0 else scale, "fan_avg", "uniform")
 
 
+def dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
+  """x * m / (1 - p), m ~ Bernoulli(1 - p) per element, with p = rate rounded to a multiple of 2^-16.
+
+  Each element's mask compares 16 random bits with the threshold, so one 32-bit
+  word of `jax.random.bits` serves two elements: on the CPU that is ~2-3x
+  cheaper than `flax.linen.Dropout`'s uniform floats (one hash per element).
+  The scale uses the rounded rate, so E[output] = x exactly; the rate itself is
+  off by at most 2^-17. The bits depend on the key and each element's index
+  only, not on how `x` is sharded.
+
+  Args:
+    x: (..., C) array.
+    rate: drop probability p in [0, 1).
+    key: PRNG key.
+
+  Returns:
+    Array of x's shape and dtype.
+  """
+  if not 0.0 <= rate < 1.0:
+    raise ValueError(f"dropout rate must be in [0, 1), got {rate}.")
+  threshold = round(rate * 2**16)
+  if threshold == 0:
+    return x
+  *lead, C = x.shape
+  words = jax.random.bits(key, (*lead, (C + 1) // 2), jnp.uint32)
+  bits = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(*lead, -1)[..., :C]
+  scale = jnp.asarray(2**16 / (2**16 - threshold), x.dtype)
+  return jnp.where(bits >= threshold, x * scale, jnp.zeros((), x.dtype))
+
+
 def _group_sum(s: jax.Array, num_groups: int) -> jax.Array:
   """(B, C) -> (B, G): sums over the channels of each group."""
   return s.reshape(s.shape[0], num_groups, -1).sum(-1)
 
 
 def _per_channel(s: jax.Array, num_groups: int, channels: int) -> jax.Array:
-  """(B, G) -> (B, C): each group's value for each of its channels."""
-  return jnp.repeat(s, channels // num_groups, axis=1)
+  """(..., G) -> (..., C): each group's value for each of its channels.
+
+  A product with the (G, C) group-membership matrix (exact: one nonzero term per
+  output) rather than a broadcast: XLA then computes the (B, C) result once,
+  instead of fusing it into every consumer and recomputing the channel's group
+  (an integer division that keeps the CPU's loops from vectorising) per element.
+  """
+  groups = jnp.arange(channels) // (channels // num_groups)
+  membership = (groups[None, :] == jnp.arange(num_groups)[:, None]).astype(s.dtype)
+  return jnp.dot(s, membership, precision=jax.lax.Precision.HIGHEST)
 
 
 def _affine(x32: jax.Array, scale: jax.Array, bias: jax.Array, mean: jax.Array, rstd: jax.Array,
-            num_groups: int) -> tuple[jax.Array, jax.Array]:
-  """The normalisation as one per-channel affine map: a, b of shape (B, 1.., C) with GN(x) = x * a + b."""
+            num_groups: int) -> tuple[jax.Array, ...]:
+  """GN(x) = x * a + b per channel: (a, b, mean, rstd), each (B, C) and shaped (B, 1.., C) to broadcast."""
   C = x32.shape[-1]
-  a = _per_channel(rstd, num_groups, C) * scale
-  b = bias - _per_channel(mean, num_groups, C) * a
+  mean_c, rstd_c = _per_channel(jnp.stack([mean, rstd]), num_groups, C)
+  a = rstd_c * scale
+  b = bias - mean_c * a
   shape = (x32.shape[0],) + (1,) * (x32.ndim - 2) + (C,)
-  return a.reshape(shape), b.reshape(shape)
+  return tuple(v.reshape(shape) for v in (a, b, mean_c, rstd_c))
 
 
 def _group_norm_fwd(x: jax.Array, scale: jax.Array, bias: jax.Array, num_groups: int, epsilon: float, swish: bool,
@@ -66,7 +105,7 @@ def _group_norm_fwd(x: jax.Array, scale: jax.Array, bias: jax.Array, num_groups:
   mean = _group_sum(jnp.sum(x32, spatial), num_groups) / n
   var = jnp.maximum(_group_sum(jnp.sum(jnp.square(x32), spatial), num_groups) / n - jnp.square(mean), 0.0)
   rstd = jax.lax.rsqrt(var + epsilon)
-  a, b = _affine(x32, scale, bias, mean, rstd, num_groups)
+  a, b, _, _ = _affine(x32, scale, bias, mean, rstd, num_groups)
   y = x32 * a + b
   out = y * jax.nn.sigmoid(y) if swish else y
   return out.astype(dtype), (x, scale, bias, mean, rstd)
@@ -80,17 +119,15 @@ def _group_norm_bwd(num_groups: int, epsilon: float, swish: bool, dtype: jnp.dty
   C = x.shape[-1]
   spatial = tuple(range(1, x.ndim - 1))
   n = C // num_groups * math.prod(x.shape[1:-1])
-  a, b = _affine(x32, scale, bias, mean, rstd, num_groups)
+  a, b, mean_c, r = _affine(x32, scale, bias, mean, rstd, num_groups)
   if swish:  # d/dy y sigmoid(y) = s (1 + y (1 - s))
     y = x32 * a + b
     s = jax.nn.sigmoid(y)
     g32 = g32 * s * (1 + y * (1 - s))
-  shape = a.shape
-  r = _per_channel(rstd, num_groups, C).reshape(shape)
-  xhat = (x32 - _per_channel(mean, num_groups, C).reshape(shape)) * r
+  xhat = (x32 - mean_c) * r
   s1, s2 = jnp.sum(g32, spatial), jnp.sum(g32 * xhat, spatial)  # (B, C)
-  m1 = _per_channel(_group_sum(s1 * scale, num_groups) / n, num_groups, C).reshape(shape)
-  m2 = _per_channel(_group_sum(s2 * scale, num_groups) / n, num_groups, C).reshape(shape)
+  m1, m2 = _per_channel(_group_sum(jnp.concatenate([s1, s2]) * scale, num_groups) / n, num_groups, C).reshape(
+      (2,) + a.shape)
   dx = r * (g32 * scale - m1 - xhat * m2)
   return dx.astype(x.dtype), s2.sum(0), s1.sum(0)
 

@@ -14,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax.models.layers import GroupNorm, default_init, timestep_embedding
+from diffusion_jax.models.layers import GroupNorm, default_init, dropout, timestep_embedding
 
 
 class ResnetBlock(nn.Module):
@@ -33,7 +33,9 @@ class ResnetBlock(nn.Module):
     h = conv(1.0, "conv1")(norm("norm1")(x))
     h = h + nn.Dense(self.out_ch, dtype=self.dtype, kernel_init=default_init(), name="temb_proj")(
         nn.swish(temb))[:, None, None, :]
-    h = nn.Dropout(self.dropout, deterministic=not train)(norm("norm2")(h))
+    h = norm("norm2")(h)
+    if train and self.dropout > 0:
+      h = dropout(h, self.dropout, self.make_rng("dropout"))
     h = conv(0.0, "conv2")(h)
     if x.shape[-1] != self.out_ch:
       x = nn.Dense(self.out_ch, dtype=self.dtype, kernel_init=default_init(), name="nin_shortcut")(x)
@@ -66,7 +68,7 @@ class UNet(nn.Module):
     ch_mult: channel multiplier per resolution level; level i halves the size i times.
     num_res_blocks: ResNet blocks per level going down (one more going up).
     attn_resolutions: spatial sizes (height) at which self-attention follows every block.
-    dropout: dropout rate inside the ResNet blocks (training only).
+    dropout: dropout rate inside the ResNet blocks (training only; `layers.dropout`, p to 2^-16).
     out_channels: output channels; None for the input's (twice that for learned variance).
     num_classes: class-conditional when set: label embedding added to the time
       embedding; label `num_classes` is the null label for classifier-free guidance.
