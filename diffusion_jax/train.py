@@ -257,7 +257,10 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], schedule: schedul
   step = functools.partial(_one_step, schedule=schedule, model=model, tx=tx, lr_fn=lr_fn, cfg=cfg)
   if steps_per_call == 1:
     return step(state, batch)
-  return jax.lax.scan(step, state, batch)
+  # XLA:CPU does not bring the weight-gradient convolutions inside a while loop into the layout of its
+  # library kernels: they run on its naive emitter, ~30x slower per step (BENCHMARKS.md). Unrolled, the
+  # steps compile like a single one (compile time grows with steps_per_call); elsewhere the loop stays.
+  return jax.lax.scan(step, state, batch, unroll=jax.default_backend() == "cpu")
 
 
 # --------------------------------------------------------------------------- the loop

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 
 import jax
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 import helpers
-from diffusion_jax import evaluate, train
+from diffusion_jax import compiler, data, evaluate, schedules, train
 from helpers import tiny_config as _config
 
 
@@ -58,6 +59,26 @@ def test_steps_per_call_trains_the_same_model(reference_run, tmp_path):
   scanned = _config(config.data.data_dir, steps_per_call=2)
   state = jax.tree.map(np.asarray, train.train_and_evaluate(scanned, str(tmp_path)))
   helpers.assert_trees_close(state, reference, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU property")
+def test_several_steps_per_call_compile_to_xla_cpus_convolution_kernels():
+  """Inside a while loop XLA:CPU would leave the weight-gradient convolutions in a layout that only its
+  naive emitter runs (f01b_i01o->01bf, ~30x slower); every convolution must be in the kernels' layout."""
+  config = _config("unused", steps_per_call=2)
+  info = data.DatasetInfo("digits", (8, 8, 1), None, True)
+  model, tx = train.build_model(config, info), train.build_optimizer(config)
+  state = jax.eval_shape(lambda: train.init_state(model, tx, info, jax.random.key(0)))
+  batch = {"x": jax.ShapeDtypeStruct((2, 8, 8, 8, 1), np.uint8)}
+  schedule = schedules.make_schedule(train.make_betas(config))
+  step = jax.jit(lambda s, b, sch: train.train_step(
+      s, b, sch, model=model, tx=tx, lr_fn=train.learning_rate_fn(config),
+      cfg=train.StepConfig(0, "eps", "fixed_large", 0.9, False), steps_per_call=2),
+      compiler_options=compiler.compiler_options())
+  hlo = step.lower(state, batch, schedule).compile().as_text()
+  labels = re.findall(r" convolution\(.*?dim_labels=([\w>-]+)", hlo)
+  assert len(labels) >= 3 * 2 * 9  # forward, input and weight gradients of the 9 convolutions, two steps
+  assert set(labels) == {"b01f_01io->b01f"}
 
 
 def test_one_and_four_devices_and_two_processes_train_the_same_parameters(reference_run, tmp_path):
