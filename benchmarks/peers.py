@@ -2,18 +2,19 @@
 
     pip install -e ".[bench]"      # torch==2.13.0 (CPU build) and diffusers
     python benchmarks/peers.py [--workload cpu] [--rounds 5] [--train_steps 3] [--sample_steps 10]
-        [--out benchmarks/results/peers_cpu.json]
+        [--steps_per_call 1] [--out benchmarks/results/peers_cpu.json]
 
 The peer is diffusers' `UNet2DModel` configured as the DDPM architecture (the
 layout of google/ddpm-cifar10-32: ResNet blocks, attention at 16x16) with
 `DDPMScheduler` (linear betas, T = 1000): training is Adam 2e-4 on the eps-MSE,
 sampling is its Python loop over `scheduler.step`. Ours is `train.train_step` and
-`sampling.sample` (one `lax.scan`). Sampling is timed over `sample_steps`
-denoising steps for both (a full 1000-step batch takes ~4-7 minutes per side on
-2 CPU cores); the per-1000-step figure is that time x 1000 / sample_steps.
-The two sides alternate, round after round, so that both see the same machine
-(a shared CPU's speed drifts by +-10% within minutes); the table gives the
-medians and the range of the per-round ratios.
+`sampling.sample` (one `lax.scan`); `--steps_per_call k` runs k of our optimizer
+steps per compiled call (`training.steps_per_call`), the peer's one per call.
+Sampling is timed over `sample_steps` denoising steps for both (a full 1000-step
+batch takes ~4-7 minutes per side on 2 CPU cores); the per-1000-step figure is
+that time x 1000 / sample_steps. The two sides alternate, round after round, so
+that both see the same machine (a shared CPU's speed drifts by +-10% within
+minutes); the table gives the medians and the range of the per-round ratios.
 """
 
 from __future__ import annotations
@@ -76,12 +77,12 @@ def torch_side(ch: int, batch: int, sample_steps: int) -> dict:
     return x
 
   return {"name": f"diffusers UNet2DModel + DDPMScheduler (torch {torch.__version__})", "params": n_params,
-          "train": train_step, "sample": sample}
+          "train": train_step, "steps_per_call": 1, "sample": sample}
 
 
-def our_side(workload: str, batch: int, sample_steps: int) -> dict:
+def our_side(workload: str, batch: int, sample_steps: int, steps_per_call: int) -> dict:
   """`train.train_step` (compiled) and the first `sample_steps` steps of the 1000-step scan sampler."""
-  step = train_throughput.prepare(workload, batch, "float32", 1)
+  step = train_throughput.prepare(workload, batch, "float32", steps_per_call)
   c = train_throughput.workload_config(workload, batch, "float32", 1)
   info = train.data.DatasetInfo("cifar10-shaped", (32, 32, 3), None, True)
   c.model.dropout = 0.0
@@ -94,8 +95,10 @@ def our_side(workload: str, batch: int, sample_steps: int) -> dict:
   run = common.jit(lambda p, s, k: sampling.sample(lambda x, t: model.apply({"params": p}, x, t), s,
                                                    (batch, 32, 32, 3), k, model_var_type="fixed_large"))
   compiled, _, _ = common.compile_seconds_and_flops(run, params, sub, jax.random.key(1))
-  return {"name": f"diffusion_jax (JAX {jax.__version__})", "params": step["params"], "flops": step["flops"],
-          "train": lambda: common.block(step["run"]()),
+  per_call = f", {steps_per_call} steps per call" if steps_per_call > 1 else ""
+  return {"name": f"diffusion_jax (JAX {jax.__version__}{per_call})", "params": step["params"],
+          "flops": step["flops"] / steps_per_call, "train": lambda: common.block(step["run"]()),
+          "steps_per_call": steps_per_call,
           "sample": lambda: common.block(compiled(params, sub, jax.random.key(1)))}
 
 
@@ -113,6 +116,7 @@ def main() -> None:
   parser.add_argument("--batch", type=int, default=None)
   parser.add_argument("--sample_steps", type=int, default=10, help="denoising steps timed per round")
   parser.add_argument("--train_steps", type=int, default=3, help="optimizer steps timed per round")
+  parser.add_argument("--steps_per_call", type=int, default=1, help="our optimizer steps per compiled call")
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--out", default=None)
   args = common.parse_args(parser)
@@ -121,14 +125,16 @@ def main() -> None:
   batch = args.batch or train_throughput.WORKLOADS[args.workload]["batch"]
   ch = train_throughput.WORKLOADS[args.workload]["ch"]
   matmul = common.matmul_gflops()
-  sides = [our_side(args.workload, batch, args.sample_steps), torch_side(ch, batch, args.sample_steps)]
+  sides = [our_side(args.workload, batch, args.sample_steps, args.steps_per_call),
+           torch_side(ch, batch, args.sample_steps)]
   for side in sides:  # warm-up
     side["train"]()
     side["sample"]()
   train_s, sample_s = [[] for _ in sides], [[] for _ in sides]
   for r in range(args.rounds):  # alternate the two sides, so that both see the same machine
     for i, side in enumerate(sides):
-      train_s[i].append(seconds(side["train"], args.train_steps))
+      k = side["steps_per_call"]
+      train_s[i].append(seconds(side["train"], max(1, args.train_steps // k)) / k)
       sample_s[i].append(seconds(side["sample"], 1) / args.sample_steps)
     print(f"round {r}: train s/step {[t[-1] for t in train_s]}, sample s/step {[t[-1] for t in sample_s]}",
           flush=True)
