@@ -3,31 +3,92 @@
     python main.py --config configs/digits.py --workdir workdirs/digits [--mode train|sample|eval]
         [--config.training.num_train_steps=1000 ...]
 
-Training resumes from the latest checkpoint when re-run with the same --workdir.
-Multi-host: pass --coordinator_address, --num_processes and --process_id to
-every process (or set JAX_COORDINATOR_ADDRESS and friends).
+Any key of the config can be set with --config.KEY=VALUE; every key, its default and
+its meaning are in configs/default.py. Training resumes from the latest checkpoint
+when re-run with the same --workdir. Multi-host: pass --coordinator_address,
+--num_processes and --process_id to every process (or set JAX_COORDINATOR_ADDRESS;
+on clusters JAX detects by itself, such as TPU pods and SLURM, set
+DIFFUSION_JAX_DISTRIBUTED=1).
 """
 
+from __future__ import annotations
+
 import logging as py_logging
+import os
+import re
+import runpy
+import sys
+from collections.abc import Sequence
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from diffusion_jax import evaluate, parallel, train
-
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Path to a config file (configs/*.py).", lock_config=True)
+config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file (configs/*.py). Override any key with --config.KEY=VALUE, e.g. "
+    "--config.training.num_train_steps=1000; every key, its default and its meaning: configs/default.py.",
+    lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
 flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"], "What to do.")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
+flags.DEFINE_bool("traceback", False, "Show the full traceback of a bad-input error instead of one paragraph.")
 flags.mark_flags_as_required(["config", "workdir"])
+
+# Errors that report bad input (config, flags, data, workdir) or a documented stop: one paragraph, no traceback.
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
+# Log lines that say nothing a user can act on.
+_QUIET = (
+    re.compile(r"Given directory is read only"),  # Orbax, about our own read-only checkpoint manager
+    re.compile(r"dataset_info\.json"),  # TFDS, before it prepares the built-in digits the first time
+)
 
 
 def _keep(record: py_logging.LogRecord) -> bool:
-  """Our INFO lines and everyone's warnings; not the INFO chatter of Orbax and friends."""
+  """Our INFO lines and everyone's warnings, but not the INFO chatter of Orbax and friends or `_QUIET` lines."""
+  if any(p.search(record.getMessage()) for p in _QUIET):
+    return False
   return record.levelno >= py_logging.WARNING or "diffusion_jax" in record.pathname or "main.py" in record.pathname
+
+
+def _fail(error: BaseException) -> None:
+  sys.stderr.write(f"{type(error).__name__}: {error}\n")
+  sys.exit(1)
+
+
+def _config_args_problem(argv: Sequence[str]) -> str | None:
+  """What is wrong with `--config` or a `--config.KEY` of `argv`, in one paragraph; None if nothing is."""
+  path = next((a.split("=", 1)[1] for a in argv if re.match(r"-{1,2}config=", a)), None)
+  if path is None and "--config" in argv[:-1]:
+    path = argv[list(argv).index("--config") + 1]
+  if path is None:
+    return None  # absl says that --config is required
+  if not os.path.isfile(path):
+    return f"--config {path!r}: no such file; the configs are in configs/*.py."
+  try:
+    config = runpy.run_path(path)["get_config"]()
+  except Exception as e:  # whatever a broken config file raises
+    return f"--config {path!r} could not be loaded: {type(e).__name__}: {e}"
+  from diffusion_jax import config as config_lib
+  keys = config_lib.flat_keys(config)
+  for arg in argv:
+    match = re.match(r"-{1,2}(?:no)?config\.([\w.]+)", arg)
+    if match and match.group(1) not in keys:
+      return config_lib.unknown_key_message(config, match.group(1))
+  return None
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with every bad flag or config key reported as one paragraph (exit status 2)."""
+  problem = _config_args_problem(argv)
+  if problem is None:
+    try:
+      return FLAGS(argv)
+    except flags.Error as e:
+      problem = " ".join(str(e).split())
+  sys.stderr.write(f"ValueError: {problem}\nSee python main.py --help.\n")
+  sys.exit(2)
 
 
 def main(argv: list[str]) -> None:
@@ -35,10 +96,16 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_keep)
-  parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-  {"train": train.train_and_evaluate, "sample": evaluate.sample, "eval": evaluate.evaluate_bpd}[FLAGS.mode](
-      FLAGS.config, FLAGS.workdir)
+  from diffusion_jax import evaluate, parallel, train
+  run = {"train": train.train_and_evaluate, "sample": evaluate.sample, "eval": evaluate.evaluate_bpd}[FLAGS.mode]
+  try:
+    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    run(FLAGS.config, FLAGS.workdir)
+  except USER_ERRORS as e:
+    if FLAGS.traceback:
+      raise
+    _fail(e)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)

@@ -32,7 +32,7 @@ def parse_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
 
 def jit(fn: Callable[..., Any], **kwargs: Any) -> Any:
   """`jax.jit` with the library's compiler options (`diffusion_jax.compiler`), unless `XLA_DEFAULTS`."""
-  return jax.jit(fn, compiler_options=None if XLA_DEFAULTS else compiler.compiler_options(), **kwargs)
+  return jax.jit(fn, **kwargs) if XLA_DEFAULTS else compiler.jit(fn, **kwargs)
 
 
 def block(x: Any) -> Any:

@@ -7,7 +7,7 @@
 The peer is diffusers' `UNet2DModel` configured as the DDPM architecture (the
 layout of google/ddpm-cifar10-32: ResNet blocks, attention at 16x16) with
 `DDPMScheduler` (linear betas, T = 1000): training is Adam 2e-4 on the eps-MSE,
-sampling is its Python loop over `scheduler.step`. Ours is `train.train_step` and
+sampling is its Python loop over `scheduler.step`. Ours is `step.train_step` and
 `sampling.sample` (one `lax.scan`); `--steps_per_call k` runs k of our optimizer
 steps per compiled call (`training.steps_per_call`), the peer's one per call.
 Sampling is timed over `sample_steps` denoising steps for both (a full 1000-step
@@ -34,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 import train_throughput  # noqa: E402
 
-from diffusion_jax import sampling, schedules, train  # noqa: E402
+from diffusion_jax import data, experiment, sampling, schedules  # noqa: E402
 
 
 def torch_side(ch: int, batch: int, sample_steps: int) -> dict:
@@ -81,13 +81,13 @@ def torch_side(ch: int, batch: int, sample_steps: int) -> dict:
 
 
 def our_side(workload: str, batch: int, sample_steps: int, steps_per_call: int) -> dict:
-  """`train.train_step` (compiled) and the first `sample_steps` steps of the 1000-step scan sampler."""
+  """`step.train_step` (compiled) and the first `sample_steps` steps of the 1000-step scan sampler."""
   step = train_throughput.prepare(workload, batch, "float32", steps_per_call)
   c = train_throughput.workload_config(workload, batch, "float32", 1)
-  info = train.data.DatasetInfo("cifar10-shaped", (32, 32, 3), None, True)
+  info = data.DatasetInfo("cifar10-shaped", (32, 32, 3), None, True)
   c.model.dropout = 0.0
-  model = train.build_model(c, info)
-  params = common.jit(functools.partial(train.init_state, model, train.build_optimizer(c), info))(
+  model = experiment.build_model(c, info)
+  params = common.jit(functools.partial(experiment.init_state, model, experiment.build_optimizer(c), info))(
       jax.random.key(0)).params
   sched = schedules.make_schedule(schedules.get_beta_schedule("linear", num_diffusion_steps=1000))
   # The first `sample_steps` steps of the 1000-step chain, as one scan (the full chain is the same program).

@@ -26,7 +26,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 
 from configs import default  # noqa: E402
-from diffusion_jax import data, parallel, schedules, train  # noqa: E402
+from diffusion_jax import config as config_lib, data, experiment, parallel, schedules  # noqa: E402
+from diffusion_jax import step as step_lib  # noqa: E402
 
 WORKLOADS = {
     "cpu": dict(ch=64, batch=16),
@@ -53,20 +54,20 @@ def prepare(name: str, batch: int | None, dtype: str, steps_per_call: int) -> di
   """The workload's compiled train step, ready to run: `run()` does one call (`steps_per_call` steps)."""
   c = workload_config(name, batch, dtype, steps_per_call)
   info = data.DatasetInfo("cifar10-shaped", (32, 32, 3), None, True)
-  model = train.build_model(c, info)
-  tx = train.build_optimizer(c)
+  model = experiment.build_model(c, info)
+  tx = experiment.build_optimizer(c)
   mesh = parallel.make_mesh()
-  schedule = schedules.make_schedule(train.make_betas(c))
-  state = common.jit(functools.partial(train.init_state, model, tx, info),
+  schedule = schedules.make_schedule(config_lib.make_betas(c))
+  state = common.jit(functools.partial(experiment.init_state, model, tx, info),
                      out_shardings=parallel.replicated(mesh))(jax.random.key(0))
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   B = c.training.global_batch_size
-  shape = ((steps_per_call,) if steps_per_call > 1 else ()) + (B, 32, 32, 3)
+  shape = (steps_per_call, B, 32, 32, 3)
   batch_arrays = {"x": jax.device_put(np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8),
-                                      parallel.batch_sharding(mesh, int(steps_per_call > 1)))}
-  cfg = train.StepConfig(0, "eps", "fixed_large", 0.9999, False)
-  step = common.jit(functools.partial(train.train_step, model=model, tx=tx, lr_fn=train.learning_rate_fn(c), cfg=cfg,
-                                      steps_per_call=steps_per_call), donate_argnums=0)
+                                      parallel.batch_sharding(mesh, 1))}
+  cfg = step_lib.StepConfig(0, "eps", "fixed_large", 0.9999, False)
+  step = common.jit(functools.partial(step_lib.train_step, model=model, tx=tx, lr_fn=experiment.learning_rate_fn(c),
+                                      cfg=cfg), donate_argnums=0)
   compiled, compile_s, flops = common.compile_seconds_and_flops(step, state, batch_arrays, schedule)
   holder = [state]
 

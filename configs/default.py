@@ -1,4 +1,8 @@
-"""Defaults shared by every config; each experiment file overrides what it needs."""
+"""Every config key, its default and its meaning; each experiment file overrides what it needs.
+
+Any key can be set on the command line: `python main.py ... --config.training.num_train_steps=1000`.
+A tuple is passed as a string: `--config.model.ch_mult="(1, 2, 2)"`.
+"""
 
 import ml_collections
 from ml_collections import config_dict
@@ -6,66 +10,72 @@ from ml_collections import config_dict
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
-  c.seed = 0
+  c.seed = 0  # parameters, noise, timesteps, dropout and data order all follow from it
 
   c.data = ml_collections.ConfigDict()
-  c.data.dataset = "digits"
-  c.data.data_dir = config_dict.placeholder(str)  # TFDS data_dir; None: ~/tensorflow_datasets
-  c.data.random_flip = False
+  c.data.dataset = "digits"  # digits (built in), mnist, fashion_mnist, cifar10 (TFDS), swiss_roll, two_moons (2-D)
+  c.data.data_dir = config_dict.placeholder(str)  # TFDS data_dir; None: $TFDS_DATA_DIR or ~/tensorflow_datasets
+  c.data.random_flip = False  # horizontal flips of training images, drawn per example from the seed
 
   c.model = ml_collections.ConfigDict()
-  c.model.name = "unet"
-  c.model.ch = 128
-  c.model.ch_mult = (1, 2, 2, 2)
-  c.model.num_res_blocks = 2
-  c.model.attn_resolutions = (16,)
-  c.model.dropout = 0.1
-  c.model.num_groups = 32
-  c.model.remat = False
-  c.model.hidden = 128  # mlp only
-  c.model.num_layers = 3  # mlp only
+  c.model.name = "unet"  # unet (images) or mlp (2-D points)
+  c.model.ch = 128  # unet: base channels (and timestep-embedding width)
+  c.model.ch_mult = (1, 2, 2, 2)  # unet: channel multiplier per resolution level
+  c.model.num_res_blocks = 2  # unet: ResNet blocks per level going down (one more going up)
+  c.model.attn_resolutions = (16,)  # unet: spatial sizes with self-attention after every block
+  c.model.dropout = 0.1  # unet: dropout rate in the ResNet blocks (training only)
+  c.model.num_groups = 32  # unet: GroupNorm groups; every channel count must divide by it
+  c.model.remat = False  # unet: recompute each block's activations in the backward pass (less memory)
+  c.model.hidden = 128  # mlp: width of every layer
+  c.model.num_layers = 3  # mlp: residual blocks
 
   c.diffusion = ml_collections.ConfigDict()
-  c.diffusion.num_diffusion_steps = 1000
-  c.diffusion.beta_schedule = "linear"
-  c.diffusion.beta_kwargs = ml_collections.ConfigDict()  # None values are left to the schedule's defaults
-  c.diffusion.beta_kwargs.beta_start = config_dict.placeholder(float)
-  c.diffusion.beta_kwargs.beta_end = config_dict.placeholder(float)
-  c.diffusion.model_mean_type = "eps"
-  c.diffusion.model_var_type = "fixed_large"
+  c.diffusion.num_diffusion_steps = 1000  # T
+  c.diffusion.beta_schedule = "linear"  # linear, cosine, quadratic, sigmoid, constant, custom
+  # The schedule's own arguments; None leaves a schedule's default, and a schedule refuses the others.
+  c.diffusion.beta_kwargs = ml_collections.ConfigDict()
+  c.diffusion.beta_kwargs.beta_start = config_dict.placeholder(float)  # linear/quadratic/sigmoid: 1e-4 * 1000/T
+  c.diffusion.beta_kwargs.beta_end = config_dict.placeholder(float)  # linear/quadratic/sigmoid: 0.02 * 1000/T
+  c.diffusion.beta_kwargs.beta = config_dict.placeholder(float)  # constant: 0.02 * 1000/T
+  c.diffusion.beta_kwargs.s = config_dict.placeholder(float)  # cosine: offset, 0.008
+  c.diffusion.beta_kwargs.max_beta = config_dict.placeholder(float)  # cosine: clip, 0.999
+  c.diffusion.beta_kwargs.betas = config_dict.placeholder(tuple)  # custom: T betas in (0, 1]
+  c.diffusion.model_mean_type = "eps"  # what the network predicts: eps, xstart or v
+  c.diffusion.model_var_type = "fixed_large"  # fixed_large (beta_t), fixed_small (beta-tilde_t), learned_range
 
   c.training = ml_collections.ConfigDict()
   c.training.num_train_steps = 800_000
-  c.training.global_batch_size = 128
-  c.training.learning_rate = 2e-4
-  c.training.warmup_steps = 5000
-  c.training.grad_clip_norm = 1.0
+  c.training.global_batch_size = 128  # over all devices and hosts
+  c.training.learning_rate = 2e-4  # Adam's, after the warmup
+  c.training.warmup_steps = 5000  # linear warmup from 0
+  c.training.grad_clip_norm = 1.0  # global-norm clipping; 0 disables it
   c.training.adam_b1 = 0.9
   c.training.adam_b2 = 0.999
   c.training.adam_eps = 1e-8
-  c.training.ema_decay = 0.9999
-  c.training.compute_dtype = "float32"
-  c.training.steps_per_call = 1
+  c.training.ema_decay = 0.9999  # of the EMA parameters that sampling uses
+  c.training.timestep_weights = config_dict.placeholder(tuple)  # None (uniform) or T weights of the MSE per t
+  c.training.compute_dtype = "float32"  # float32 or bfloat16 (unet activations; parameters stay float32)
+  c.training.steps_per_call = 1  # optimizer steps per compiled call (amortises dispatch)
   c.training.on_nonfinite = "error"  # or "skip": drop the update, count it in the metrics
   c.training.checkpoint_every_steps = 10_000
   c.training.max_checkpoints_to_keep = 3
-  c.training.log_every_steps = 100
-  c.training.sample_every_steps = 50_000
+  c.training.log_every_steps = 100  # a progress line, metrics.jsonl and TensorBoard
+  c.training.sample_every_steps = 50_000  # a preview grid in samples/, from the EMA parameters
 
   c.sampling = ml_collections.ConfigDict()
-  c.sampling.sampler = "ancestral"  # or "ddim"
-  c.sampling.num_steps = config_dict.placeholder(int)  # None: every diffusion step
-  c.sampling.eta = 0.0  # ddim only
-  c.sampling.clip_denoised = True
-  c.sampling.use_ema = True
-  c.sampling.num_samples = 64
-  c.sampling.batch_size = 64
-  c.sampling.preview_samples = 64
-  c.sampling.seed = 0
+  c.sampling.sampler = "ancestral"  # ancestral (Algorithm 1) or ddim
+  c.sampling.num_steps = config_dict.placeholder(int)  # None: every diffusion step; fewer: respaced / DDIM steps
+  c.sampling.eta = 0.0  # ddim only: 0 deterministic, 1 ancestral-like
+  c.sampling.clip_denoised = True  # clip the predicted x_0 to [-1, 1] (images only)
+  c.sampling.use_ema = True  # --mode sample/eval and experiment.load use the EMA parameters
+  c.sampling.num_samples = 64  # --mode sample
+  c.sampling.batch_size = 64  # samples per compiled call
+  c.sampling.preview_samples = 64  # in each training preview grid
+  c.sampling.seed = 0  # --mode sample
 
   c.eval = ml_collections.ConfigDict()
-  c.eval.split = "test"
+  c.eval.split = "test"  # --mode eval: bits/dim on this split
   c.eval.batch_size = 128
   c.eval.num_examples = 0  # 0: the whole split
-  c.eval.timesteps_per_call = 1
+  c.eval.timesteps_per_call = 1  # timesteps of the bound evaluated at once (divides T)
   return c

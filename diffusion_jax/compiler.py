@@ -1,39 +1,50 @@
-"""XLA compiler options for the library's compiled programs, per backend.
+"""XLA compiler options for the library's compiled programs, per backend, and `jit` with them.
 
 On the CPU, jaxlib 0.10 hands convolutions, matmuls and reductions to
 YNNPACK by default. For the DDPM UNet that is the wrong split: YNNPACK's 3x3
-convolutions with 64 channels run at about 0.6x the speed of XLA's own kernels
-(95 vs ~155 GFLOP/s forward at 32x32, batch 16, on 2 cores), while its
-reductions are 7x faster than XLA's loop emitter on the bias and normalisation
-gradients. Keeping YNNPACK for reductions only makes the CPU workload's train
-step ~15-20% and its forward pass ~20-30% faster (BENCHMARKS.md). The
-option is passed per program (`jax.jit(..., compiler_options=...)`), so it
-changes nothing else in the process; an `XLA_FLAGS` setting of the same option
-wins.
+convolutions are slower than XLA's own kernels, while its reductions are much
+faster than XLA's loop emitter on the bias and normalisation gradients.
+`CPU_OPTIONS` keeps YNNPACK for reductions only (measurements: BENCHMARKS.md).
+The options are passed per program (`jax.jit(..., compiler_options=...)`), so
+they change nothing else in the process; an `XLA_FLAGS` setting of the same
+option wins.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import jax
 import numpy as np
 from absl import logging
 
-_YNN = "xla_cpu_experimental_ynn_fusion_type"
-_CPU_OPTIONS = {_YNN: "LIBRARY_FUSION_TYPE_REDUCE"}
+YNN_FUSION_TYPE = "xla_cpu_experimental_ynn_fusion_type"
+CPU_OPTIONS: Mapping[str, str] = {YNN_FUSION_TYPE: "LIBRARY_FUSION_TYPE_REDUCE"}
 
 
 @functools.cache
-def _accepted() -> bool:
-  """Whether this jaxlib compiles a program with the CPU options (the option is experimental)."""
+def _accepted(options: frozenset[tuple[str, str]]) -> bool:
   try:
-    jax.jit(lambda x: x + 1, compiler_options=_CPU_OPTIONS).lower(np.float32(0)).compile()
+    jax.jit(lambda x: x + 1, compiler_options=dict(options)).lower(np.float32(0)).compile()
   except jax.errors.JaxRuntimeError as e:  # an option or value this jaxlib does not know
-    logging.warning("XLA did not accept %s (%s); compiling with its defaults.", _CPU_OPTIONS, e)
+    logging.warning("XLA did not accept %s (%s); compiling with its defaults.", dict(options), e)
     return False
   return True
+
+
+def options_accepted(options: Mapping[str, str]) -> bool:
+  """Whether this jaxlib compiles a trivial program with `options` (asked once per set of options).
+
+  Args:
+    options: XLA debug options, name -> value.
+
+  Returns:
+    False, with a logged warning, for an option or value this jaxlib does not know.
+  """
+  return _accepted(frozenset(options.items()))
 
 
 def compiler_options() -> dict[str, str] | None:
@@ -44,6 +55,20 @@ def compiler_options() -> dict[str, str] | None:
     default backend is not the CPU, `XLA_FLAGS` already sets the option, or this
     jaxlib does not know it.
   """
-  if jax.default_backend() != "cpu" or _YNN in os.environ.get("XLA_FLAGS", "") or not _accepted():
+  if (jax.default_backend() != "cpu" or YNN_FUSION_TYPE in os.environ.get("XLA_FLAGS", "")
+      or not options_accepted(CPU_OPTIONS)):
     return None
-  return dict(_CPU_OPTIONS)
+  return dict(CPU_OPTIONS)
+
+
+def jit(fn: Callable[..., Any], **kwargs: Any) -> Any:
+  """`jax.jit(fn, **kwargs)` with the library's `compiler_options()`: how every program of the library compiles.
+
+  Args:
+    fn: the function to compile.
+    **kwargs: any other `jax.jit` argument (shardings, donation, static arguments).
+
+  Returns:
+    The jitted function.
+  """
+  return jax.jit(fn, compiler_options=compiler_options(), **kwargs)

@@ -14,7 +14,9 @@ scales images to [-1, 1] on the device.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,6 +26,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
+from absl import logging
 
 IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
 TOY_DATASETS = ("swiss_roll", "two_moons")
@@ -76,8 +79,18 @@ class Digits(tfds.core.GeneratorBasedBuilder):
       yield int(i), {"image": image, "label": int(label)}
 
 
-def _image_source(name: str, split: str, data_dir: str | None) -> Any:
-  """A random-access TFDS source, preparing `digits` on first use; a clear error for anything unreadable."""
+def image_source(name: str, split: str, data_dir: str | None) -> Any:
+  """A random-access TFDS source of `split`, preparing `digits` on first use; a clear error for anything unreadable.
+
+  Args:
+    name: a TFDS dataset name of `IMAGE_DATASETS`.
+    split: e.g. `train` or `test`.
+    data_dir: the TFDS data directory; None for TFDS's default (`~/tensorflow_datasets`,
+      or `$TFDS_DATA_DIR`).
+
+  Returns:
+    A `tfds.data_source`: `len()` and `[i]` give examples with `image` (and `label`).
+  """
   how = (f"prepare it once with: python -c \"import tensorflow_datasets as tfds; "
          f"tfds.builder('{name}', data_dir={data_dir!r}).download_and_prepare(file_format='array_record')\""
          + ("" if name == "digits" else " (this needs network access, and TensorFlow for the download step)"))
@@ -87,7 +100,11 @@ def _image_source(name: str, split: str, data_dir: str | None) -> Any:
     raise FileNotFoundError(f"data.dataset = {name!r} could not be opened by TFDS: {e}") from e
   if name == "digits" and not builder.is_prepared():
     builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
-    builder.download_and_prepare()
+    # TFDS prints a banner and progress bars with terminal control characters; one log line says it instead.
+    tfds.disable_progress_bar()
+    with contextlib.redirect_stdout(io.StringIO()):
+      builder.download_and_prepare()
+    logging.info("Prepared the built-in digits dataset in %s (from scikit-learn, no download).", builder.data_dir)
   if not builder.is_prepared():
     raise FileNotFoundError(f"data.dataset = {name!r} is not prepared in {builder.data_dir!r}; {how}.")
   file_format = builder.info.file_format
@@ -101,8 +118,17 @@ def _image_source(name: str, split: str, data_dir: str | None) -> Any:
   return builder.as_data_source(split=split)
 
 
-def _toy_points(name: str, split: str, num_points: int = 20_000) -> np.ndarray:
-  """A fixed sample of a 2-D toy distribution, standardised by the training sample's mean and std."""
+def toy_points(name: str, split: str, num_points: int = 20_000) -> np.ndarray:
+  """A fixed sample of a 2-D toy distribution, standardised by the training sample's mean and std.
+
+  Args:
+    name: one of `TOY_DATASETS`.
+    split: `train`, or anything else for an independent held-out sample.
+    num_points: how many points.
+
+  Returns:
+    float32 array of shape `(num_points, 2)`.
+  """
   from sklearn import datasets
 
   def draw(seed: int) -> np.ndarray:
@@ -118,7 +144,7 @@ def _toy_points(name: str, split: str, num_points: int = 20_000) -> np.ndarray:
 
 def toy_reference(name: str, num_points: int = 2000) -> np.ndarray:
   """Held-out points of a toy distribution, to plot samples against."""
-  return _toy_points(name, "test")[:num_points]
+  return toy_points(name, "test")[:num_points]
 
 
 def check_dataset_name(name: str) -> None:
@@ -132,7 +158,7 @@ def dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
   check_dataset_name(name)
   if name in TOY_DATASETS:
     return DatasetInfo(name, (2,), None, False)
-  source = _image_source(name, "train", config.data.data_dir)
+  source = image_source(name, "train", config.data.data_dir)
   example = source[0]
   num_classes = None
   if "label" in example:
@@ -158,8 +184,8 @@ def _source(config: ml_collections.ConfigDict, split: str) -> grain.MapDataset:
   name = config.data.dataset
   check_dataset_name(name)
   if name in TOY_DATASETS:
-    return grain.MapDataset.source(_toy_points(name, split)).map(lambda p: {"x": p})
-  return grain.MapDataset.source(_image_source(name, split, config.data.data_dir)).map(_record)
+    return grain.MapDataset.source(toy_points(name, split)).map(lambda p: {"x": p})
+  return grain.MapDataset.source(image_source(name, split, config.data.data_dir)).map(_record)
 
 
 def check_batch_divisibility(global_batch_size: int, key: str = "training.global_batch_size") -> int:
@@ -174,17 +200,16 @@ def check_batch_divisibility(global_batch_size: int, key: str = "training.global
 
 def train_batches(config: ml_collections.ConfigDict, *, process_index: int | None = None,
                   process_count: int | None = None) -> grain.MapDataset:
-  """Element `s` is this host's share of the global batch of step `s` (of `steps_per_call` steps, stacked).
+  """Element `c` is this host's share of the global batches of the `k = training.steps_per_call` steps of call `c`.
 
   Args:
     config: the experiment config.
     process_index, process_count: which host's share; default this process's.
 
   Returns:
-    A `MapDataset` of dicts: `x` of shape `(local_batch, *shape)` (uint8 images or
-    float32 points), `label` of shape `(local_batch,)` when the dataset has labels;
-    with `training.steps_per_call = k > 1`, element `s` holds steps `s k .. s k + k - 1`
-    stacked on a leading axis.
+    A `MapDataset` of dicts: `x` of shape `(k, local_batch, *shape)` (uint8 images or
+    float32 points) holding steps `c k .. c k + k - 1`, `label` of shape `(k, local_batch)`
+    when the dataset has labels.
   """
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
@@ -194,15 +219,17 @@ def train_batches(config: ml_collections.ConfigDict, *, process_index: int | Non
   if config.data.get("random_flip", False) and config.data.dataset in IMAGE_DATASETS:
     ds = ds.random_map(_flip, seed=config.seed + 1)
   ds = ds.batch(local, drop_remainder=True)[process_index::process_count]
-  k = config.training.get("steps_per_call", 1)
-  if k > 1:
-    ds = ds.batch(k, drop_remainder=True)
-  return ds
+  return ds.batch(config.training.steps_per_call, drop_remainder=True)
 
 
 def iterate(ds: grain.MapDataset, start: int, num_threads: int = 2, prefetch: int = 4) -> Iterator[Any]:
   """Elements `start, start + 1, ...` of `ds`, read ahead by background threads."""
   return iter(ds[start:].to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)))
+
+
+def num_examples(config: ml_collections.ConfigDict, split: str) -> int:
+  """How many examples `split` of `config.data.dataset` has."""
+  return len(_source(config, split))
 
 
 def eval_batches(config: ml_collections.ConfigDict, split: str, batch_size: int) -> Iterator[dict[str, np.ndarray]]:

@@ -9,12 +9,16 @@ Channels are last, so `learned_range` outputs split along the last axis.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from diffusion_jax.schedules import DiffusionSchedule
+
+# The network as the diffusion functions see it: `(x_t, t) -> output`, `t` an int array of shape `(batch,)`.
+ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 MODEL_MEAN_TYPES = ("eps", "xstart", "v")
 MODEL_VAR_TYPES = ("fixed_small", "fixed_large", "learned_range")
@@ -275,11 +279,13 @@ def predict_xstart(
   Returns:
     Predicted x_0, shape of `x_t`.
   """
+  if model_mean_type not in MODEL_MEAN_TYPES:
+    raise ValueError(f"Unknown model_mean_type {model_mean_type!r}; allowed: {', '.join(MODEL_MEAN_TYPES)}.")
   if model_mean_type == "eps":
     pred_xstart = predict_xstart_from_eps(schedule, x_t, t, model_output)
   elif model_mean_type == "xstart":
     pred_xstart = model_output
-  else:
+  else:  # v
     pred_xstart = predict_xstart_from_v(schedule, x_t, t, model_output)
   return jnp.clip(pred_xstart, -1.0, 1.0) if clip_denoised else pred_xstart
 

@@ -7,7 +7,6 @@ whose bound term is the decoder's negative log-likelihood L_0.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -15,9 +14,9 @@ import jax.numpy as jnp
 from jax.scipy.special import log_ndtr
 
 from diffusion_jax import diffusion
+from diffusion_jax.checks import ProgressFn, report_progress
+from diffusion_jax.diffusion import ModelFn
 from diffusion_jax.schedules import DiffusionSchedule
-
-ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 def mean_flat(x: jax.Array) -> jax.Array:
@@ -219,6 +218,7 @@ def variational_bound(
     model_var_type: str = "fixed_large",
     clip_denoised: bool = False,
     timesteps_per_call: int = 1,
+    progress: ProgressFn | None = None,
 ) -> VariationalBound:
   """Every term of the bound for each image, as one compiled `lax.scan` over t.
 
@@ -233,6 +233,8 @@ def variational_bound(
     key: PRNG key.
     model_mean_type, model_var_type, clip_denoised: as in `p_mean_variance`.
     timesteps_per_call: divides T.
+    progress: optional host function, called from inside the scan (`jax.debug.callback`)
+      with the number of timesteps done, about 50 times.
 
   Returns:
     `VariationalBound`.
@@ -254,7 +256,9 @@ def variational_bound(
     return bpd, mean_flat(jnp.square(pred_xstart - x_start))
 
   def body(carry: None, ts: jax.Array) -> tuple[None, tuple[jax.Array, jax.Array]]:
-    return carry, jax.vmap(term)(ts)
+    out = jax.vmap(term)(ts)
+    report_progress(progress, ts[-1] + 1, T)
+    return carry, out
 
   ts = jnp.arange(T, dtype=jnp.int32).reshape(T // timesteps_per_call, timesteps_per_call)
   _, (terms, mse) = jax.lax.scan(body, None, ts)

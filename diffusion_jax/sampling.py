@@ -26,9 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax import diffusion
+from diffusion_jax.checks import ProgressFn, is_int, report_progress
+from diffusion_jax.diffusion import ModelFn
 from diffusion_jax.schedules import DiffusionSchedule, space_timesteps
-
-ModelFn = Callable[[jax.Array, jax.Array], jax.Array]
 # (x_t, step inputs, noise key) -> (x_prev, pred_xstart)
 StepFn = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 
@@ -43,7 +43,7 @@ class Trajectory(NamedTuple):
 
 def _check_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
   shape = tuple(shape)
-  if len(shape) < 2 or any(not isinstance(d, (int, np.integer)) or d < 1 for d in shape):
+  if len(shape) < 2 or any(not is_int(d) or d < 1 for d in shape):
     raise ValueError(f"shape must be (batch, ...) of positive integers, got {shape}.")
   return shape
 
@@ -59,6 +59,7 @@ def _run_chain(
     key: jax.Array,
     return_every: int | None,
     sharding: jax.sharding.Sharding | None,
+    progress: ProgressFn | None,
 ) -> jax.Array | tuple[jax.Array, Trajectory]:
   """x_T ~ N(0, I), then `step_fn` over `step_inputs` (leading axis: steps, first step first)."""
   num = step_inputs.shape[0]
@@ -66,29 +67,30 @@ def _run_chain(
   x_T = _constrain(jax.random.normal(init_key, shape), sharding)
   t_of = lambda inputs: inputs if inputs.ndim == 0 else inputs[0]
 
-  def body(x: jax.Array, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
+  def body(x: jax.Array, n: jax.Array, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
     x_prev, pred = step_fn(x, inputs, jax.random.fold_in(noise_key, t_of(inputs)))
+    report_progress(progress, n + 1, num)
     return _constrain(x_prev, sharding), pred
 
+  counted = (jnp.arange(num), step_inputs)
   if return_every is None:
-    x_0, _ = jax.lax.scan(lambda x, inputs: (body(x, inputs)[0], None), x_T, step_inputs)
+    x_0, _ = jax.lax.scan(lambda x, n_inputs: (body(x, *n_inputs)[0], None), x_T, counted)
     return x_0
-  if isinstance(return_every, bool) or not isinstance(return_every, (int, np.integer)) or return_every < 1:
+  if not is_int(return_every) or return_every < 1:
     raise ValueError(f"return_every must be a positive integer or None, got {return_every!r}.")
   slots = -(-num // return_every)
 
   def saving_body(carry, n_inputs):
     x, xs, preds = carry
-    n, inputs = n_inputs
-    x_prev, pred = body(x, inputs)
+    n, _ = n_inputs
+    x_prev, pred = body(x, *n_inputs)
     slot, save = n // return_every, n % return_every == 0
     xs = xs.at[slot].set(jnp.where(save, x, xs[slot]))
     preds = preds.at[slot].set(jnp.where(save, pred, preds[slot]))
     return (x_prev, xs, preds), None
 
   buffers = jnp.zeros((slots, *shape), x_T.dtype)
-  (x_0, xs, preds), _ = jax.lax.scan(
-      saving_body, (x_T, buffers, buffers), (jnp.arange(num), step_inputs))
+  (x_0, xs, preds), _ = jax.lax.scan(saving_body, (x_T, buffers, buffers), counted)
   saved_t = jax.vmap(t_of)(step_inputs[::return_every])
   return x_0, Trajectory(saved_t, xs, preds)
 
@@ -104,6 +106,7 @@ def sample(
     clip_denoised: bool = True,
     return_every: int | None = None,
     sharding: jax.sharding.Sharding | None = None,
+    progress: ProgressFn | None = None,
 ) -> jax.Array | tuple[jax.Array, Trajectory]:
   """Algorithm 1: x_T ~ N(0, I); x_{t-1} = mu_theta(x_t, t) + sigma_t z, with no noise at t = 0.
 
@@ -120,6 +123,8 @@ def sample(
       `diffusion.p_mean_variance`.
     return_every: also return every k-th state and x_0 prediction.
     sharding: optional sharding of the samples (batch axis over devices).
+    progress: optional host function, called from inside the scan
+      (`jax.debug.callback`) with the number of steps done, about 50 times.
 
   Returns:
     x_0 of shape `shape`, and with `return_every` a `Trajectory` as well.
@@ -138,7 +143,7 @@ def sample(
     return out.mean + sigma * noise, out.pred_xstart
 
   steps = jnp.arange(schedule.num_steps - 1, -1, -1, dtype=jnp.int32)
-  return _run_chain(step, steps, shape, key, return_every, sharding)
+  return _run_chain(step, steps, shape, key, return_every, sharding, progress)
 
 
 def ddim_sample(
@@ -153,6 +158,7 @@ def ddim_sample(
     clip_denoised: bool = True,
     return_every: int | None = None,
     sharding: jax.sharding.Sharding | None = None,
+    progress: ProgressFn | None = None,
 ) -> jax.Array | tuple[jax.Array, Trajectory]:
   """DDIM (Song et al. 2021): x_s = sqrt(abar_s) x0 + sqrt(1 - abar_s - sigma^2) eps + sigma z, s < t.
 
@@ -173,6 +179,7 @@ def ddim_sample(
     clip_denoised: clip the predicted x_0 to [-1, 1].
     return_every: also return every k-th state and x_0 prediction.
     sharding: optional sharding of the samples.
+    progress: as in `sample`.
 
   Returns:
     x_0 of shape `shape`, and with `return_every` a `Trajectory` as well.
@@ -201,4 +208,4 @@ def ddim_sample(
               + jnp.sqrt(jnp.maximum(1.0 - abar_s - sigma**2, 0.0)) * eps + sigma * noise)
     return x_prev, pred_xstart
 
-  return _run_chain(step, jnp.asarray(pairs), shape, key, return_every, sharding)
+  return _run_chain(step, jnp.asarray(pairs), shape, key, return_every, sharding, progress)

@@ -18,12 +18,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_jax.checks import is_int
+
 BETA_SCHEDULES = ("linear", "cosine", "quadratic", "sigmoid", "constant", "custom")
 
 
 def _check_num_steps(num_diffusion_steps: Any) -> int:
-  if isinstance(num_diffusion_steps, bool) or not isinstance(
-      num_diffusion_steps, (int, np.integer)) or num_diffusion_steps < 1:
+  if not is_int(num_diffusion_steps) or num_diffusion_steps < 1:
     raise ValueError(
         f"num_diffusion_steps must be a positive integer, got {num_diffusion_steps!r}.")
   return int(num_diffusion_steps)
@@ -243,7 +244,7 @@ def space_timesteps(num_diffusion_steps: int, num_steps: int) -> np.ndarray:
     Increasing int array of shape `(num_steps,)`.
   """
   T = _check_num_steps(num_diffusion_steps)
-  if isinstance(num_steps, bool) or not isinstance(num_steps, (int, np.integer)) or not 1 <= num_steps <= T:
+  if not is_int(num_steps) or not 1 <= num_steps <= T:
     raise ValueError(f"num_steps must be an integer in [1, {T}], got {num_steps!r}.")
   if num_steps == 1:
     return np.array([T - 1])

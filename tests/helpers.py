@@ -53,11 +53,11 @@ def free_port() -> int:
 
 def load_state(config, workdir: str, step: int | None = None):
   """The TrainState a checkpoint of `workdir` holds, as numpy, via the library's own restore path."""
-  from diffusion_jax import train
+  from diffusion_jax import experiment
   from diffusion_jax.checkpoint import Checkpointer
-  s = train.setup(config, workdir)
+  exp = experiment.build(config, workdir)
   ckpt = Checkpointer(workdir, read_only=True)
-  state, _ = ckpt.restore(train.abstract_state(s, config), step)
+  state, _ = ckpt.restore(experiment.abstract_state(exp), step)
   ckpt.close()
   return jax.tree.map(np.asarray, state)
 

@@ -16,8 +16,8 @@ def test_digits_is_a_real_tfds_dataset_read_through_data_source(data_dir):
   assert info == data.DatasetInfo("digits", (8, 8, 1), 10, True)
   root = os.path.join(data_dir, "digits", "1.0.0")
   assert any(f.startswith("digits-train.array_record") for f in os.listdir(root))
-  train = data._image_source("digits", "train", data_dir)
-  test = data._image_source("digits", "test", data_dir)
+  train = data.image_source("digits", "train", data_dir)
+  test = data.image_source("digits", "test", data_dir)
   assert len(train) == 1797 - data.DIGITS_TEST_SIZE and len(test) == data.DIGITS_TEST_SIZE
   images = np.stack([train[i]["image"] for i in range(len(train))])
   assert images.dtype == np.uint8 and images.shape[1:] == (8, 8, 1)
@@ -29,17 +29,17 @@ def test_train_batches_deterministic_and_each_epoch_a_permutation(data_dir):
   c = _config(data_dir, global_batch_size=100)
   ds = data.train_batches(c)
   n = 1797 - data.DIGITS_TEST_SIZE
-  epoch = np.concatenate([ds[s]["x"] for s in range(n // 100)])  # 15 batches = one epoch exactly
+  epoch = np.concatenate([ds[s]["x"][0] for s in range(n // 100)])  # 15 batches = one epoch exactly
   flat = epoch.reshape(len(epoch), -1)
-  source = data._image_source("digits", "train", data_dir)
+  source = data.image_source("digits", "train", data_dir)
   originals = np.stack([source[i]["image"] for i in range(n)]).reshape(n, -1)
   # Every example exactly once (as a multiset of images: some digits repeat pixel-for-pixel).
   assert sorted(map(bytes, flat)) == sorted(map(bytes, originals))
-  np.testing.assert_array_equal(data.train_batches(c)[7]["x"], ds[7]["x"])  # same seed, same batch
-  second = np.concatenate([ds[s]["x"] for s in range(n // 100, 2 * n // 100)])
+  np.testing.assert_array_equal(data.train_batches(c)[7]["x"][0], ds[7]["x"][0])  # same seed, same batch
+  second = np.concatenate([ds[s]["x"][0] for s in range(n // 100, 2 * n // 100)])
   assert not np.array_equal(second, epoch)  # a new permutation next epoch
   c.seed = 1
-  assert not np.array_equal(data.train_batches(c)[0]["x"], ds[0]["x"])
+  assert not np.array_equal(data.train_batches(c)[0]["x"][0], ds[0]["x"][0])
 
 
 def test_hosts_read_disjoint_shares_of_the_same_global_batch(data_dir):
@@ -47,17 +47,17 @@ def test_hosts_read_disjoint_shares_of_the_same_global_batch(data_dir):
   c = _config(data_dir, global_batch_size=8)
   whole = data.train_batches(c)
   for step in [0, 5]:
-    shares = [data.train_batches(c, process_index=p, process_count=2)[step]["x"] for p in range(2)]
+    shares = [data.train_batches(c, process_index=p, process_count=2)[step]["x"][0] for p in range(2)]
     assert shares[0].shape == (4, 8, 8, 1)
-    np.testing.assert_array_equal(np.concatenate(shares), whole[step]["x"])
+    np.testing.assert_array_equal(np.concatenate(shares), whole[step]["x"][0])
 
 
 def test_random_flip_is_a_mirror_image_and_deterministic(data_dir):
   c = _config(data_dir, global_batch_size=64)
-  plain = data.train_batches(c)[3]["x"]
+  plain = data.train_batches(c)[3]["x"][0]
   c.data.random_flip = True
-  flipped = data.train_batches(c)[3]["x"]
-  np.testing.assert_array_equal(data.train_batches(c)[3]["x"], flipped)
+  flipped = data.train_batches(c)[3]["x"][0]
+  np.testing.assert_array_equal(data.train_batches(c)[3]["x"][0], flipped)
   mirrored = np.array([not np.array_equal(a, b) for a, b in zip(plain, flipped)])
   np.testing.assert_array_equal(flipped[mirrored], plain[mirrored][:, :, ::-1])
   assert 0.25 < mirrored.mean() < 0.75  # ~ half, binomial(64, 0.5) within 4 sd (some digits are symmetric)
@@ -66,10 +66,11 @@ def test_random_flip_is_a_mirror_image_and_deterministic(data_dir):
 def test_steps_per_call_stacks_consecutive_batches(data_dir):
   c = _config(data_dir, global_batch_size=8)
   single = data.train_batches(c)
+  assert single[0]["x"].shape == (1, 8, 8, 8, 1)  # always a leading steps axis
   c.training.steps_per_call = 4
   stacked = data.train_batches(c)[1]["x"]
   assert stacked.shape == (4, 8, 8, 8, 1)
-  np.testing.assert_array_equal(stacked, np.stack([single[s]["x"] for s in range(4, 8)]))
+  np.testing.assert_array_equal(stacked, np.stack([single[s]["x"][0] for s in range(4, 8)]))
 
 
 def test_eval_batches_cover_the_split_once_with_padding_masked(data_dir):
@@ -100,9 +101,9 @@ def test_toy_datasets(name):
   c.data.dataset = name
   c.training.global_batch_size = 256
   assert data.dataset_info(c) == data.DatasetInfo(name, (2,), None, False)
-  x = data.train_batches(c)[0]["x"]
+  x = data.train_batches(c)[0]["x"][0]
   assert x.shape == (256, 2) and x.dtype == np.float32
-  train = data._toy_points(name, "train")
+  train = data.toy_points(name, "train")
   np.testing.assert_allclose(train.mean(0), 0, atol=1e-5)
   np.testing.assert_allclose(train.std(0), 1, atol=1e-5)
 

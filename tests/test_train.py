@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 import helpers
-from diffusion_jax import compiler, data, evaluate, schedules, train
+from diffusion_jax import compiler, config as config_lib, data, evaluate, experiment, schedules, train
+from diffusion_jax import step as step_lib
 from helpers import tiny_config as _config
 
 
@@ -67,14 +68,13 @@ def test_several_steps_per_call_compile_to_xla_cpus_convolution_kernels():
   naive emitter runs (f01b_i01o->01bf, ~30x slower); every convolution must be in the kernels' layout."""
   config = _config("unused", steps_per_call=2)
   info = data.DatasetInfo("digits", (8, 8, 1), None, True)
-  model, tx = train.build_model(config, info), train.build_optimizer(config)
-  state = jax.eval_shape(lambda: train.init_state(model, tx, info, jax.random.key(0)))
+  model, tx = experiment.build_model(config, info), experiment.build_optimizer(config)
+  state = jax.eval_shape(lambda: experiment.init_state(model, tx, info, jax.random.key(0)))
   batch = {"x": jax.ShapeDtypeStruct((2, 8, 8, 8, 1), np.uint8)}
-  schedule = schedules.make_schedule(train.make_betas(config))
-  step = jax.jit(lambda s, b, sch: train.train_step(
-      s, b, sch, model=model, tx=tx, lr_fn=train.learning_rate_fn(config),
-      cfg=train.StepConfig(0, "eps", "fixed_large", 0.9, False), steps_per_call=2),
-      compiler_options=compiler.compiler_options())
+  schedule = schedules.make_schedule(config_lib.make_betas(config))
+  step = compiler.jit(lambda s, b, sch: step_lib.train_step(
+      s, b, sch, model=model, tx=tx, lr_fn=experiment.learning_rate_fn(config),
+      cfg=step_lib.StepConfig(0, "eps", "fixed_large", 0.9, False)))
   hlo = step.lower(state, batch, schedule).compile().as_text()
   labels = re.findall(r" convolution\(.*?dim_labels=([\w>-]+)", hlo)
   assert len(labels) == 2 * (3 * 20 - 1)  # 2 steps x 20 convs x (forward, weight, input grads), no image grad

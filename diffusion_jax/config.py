@@ -1,0 +1,158 @@
+"""Validating an experiment config: every key checked, before anything is built or compiled.
+
+The keys, their defaults and their meaning are in `configs/default.py`. Each
+check raises `ValueError` naming the key, the bad value and what is allowed.
+`unknown_key_message` turns a mistyped `--config.KEY` into one paragraph that
+names the closest valid keys.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+
+import ml_collections
+
+from diffusion_jax import data, diffusion, schedules
+from diffusion_jax.checks import is_int
+
+MODELS = ("unet", "mlp")
+SAMPLERS = ("ancestral", "ddim")
+COMPUTE_DTYPES = ("float32", "bfloat16")
+ON_NONFINITE = ("error", "skip")
+
+
+def get(config: ml_collections.ConfigDict, key: str) -> Any:
+  """`config` at a dotted `key` such as `training.num_train_steps`."""
+  node = config
+  for part in key.split("."):
+    node = node[part]
+  return node
+
+
+def _require(config: ml_collections.ConfigDict, key: str, ok: Callable[[Any], bool], allowed: str) -> Any:
+  value = get(config, key)
+  if not ok(value):
+    raise ValueError(f"{key} = {value!r} is invalid; allowed: {allowed}.")
+  return value
+
+
+def _is_number(v: Any) -> bool:
+  return (is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def beta_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """The schedule arguments set in `config.diffusion.beta_kwargs` (None means the schedule's default)."""
+  return {k: v for k, v in config.diffusion.beta_kwargs.items() if v is not None}
+
+
+def make_betas(config: ml_collections.ConfigDict) -> Any:
+  """float64 betas of `config.diffusion`, shape `(T,)`; `ValueError` for a bad schedule or argument."""
+  return schedules.get_beta_schedule(config.diffusion.beta_schedule,
+                                     num_diffusion_steps=config.diffusion.num_diffusion_steps, **beta_kwargs(config))
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises `ValueError` for any bad key of `config`, before anything is built or compiled."""
+  pos_int = lambda v: is_int(v) and v >= 1
+  for key in ["training.num_train_steps", "training.global_batch_size", "training.checkpoint_every_steps",
+              "training.log_every_steps", "training.sample_every_steps", "training.steps_per_call",
+              "training.max_checkpoints_to_keep", "diffusion.num_diffusion_steps", "sampling.num_samples",
+              "sampling.preview_samples", "sampling.batch_size", "eval.batch_size", "eval.timesteps_per_call"]:
+    _require(config, key, pos_int, "a positive integer")
+  for key in ["training.warmup_steps", "eval.num_examples"]:
+    _require(config, key, lambda v: is_int(v) and v >= 0, "a non-negative integer")
+  for key in ["seed", "sampling.seed"]:
+    _require(config, key, is_int, "an integer")
+  k = config.training.steps_per_call
+  for key in ["training.num_train_steps", "training.checkpoint_every_steps", "training.log_every_steps",
+              "training.sample_every_steps"]:
+    _require(config, key, lambda v: v % k == 0, f"a multiple of training.steps_per_call = {k}")
+  _require(config, "training.learning_rate", lambda v: _is_number(v) and v > 0, "a positive number")
+  _require(config, "training.grad_clip_norm", lambda v: _is_number(v) and v >= 0,
+           "a non-negative number (0 disables clipping)")
+  for key in ["training.ema_decay", "training.adam_b1", "training.adam_b2"]:
+    _require(config, key, lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)")
+  _require(config, "training.adam_eps", lambda v: _is_number(v) and v >= 0, "a non-negative number")
+  _require(config, "training.compute_dtype", lambda v: v in COMPUTE_DTYPES, ", ".join(COMPUTE_DTYPES))
+  _require(config, "training.on_nonfinite", lambda v: v in ON_NONFINITE, ", ".join(ON_NONFINITE))
+  T = config.diffusion.num_diffusion_steps
+  _require(config, "training.timestep_weights",
+           lambda v: v is None or (isinstance(v, (tuple, list)) and len(v) == T and all(_is_number(w) and w >= 0 for w in v)),
+           f"None (uniform) or {T} non-negative numbers, one per diffusion step")
+  _require(config, "model.name", lambda v: v in MODELS, ", ".join(MODELS))
+  _require(config, "sampling.sampler", lambda v: v in SAMPLERS, ", ".join(SAMPLERS))
+  _require(config, "sampling.num_steps", lambda v: v is None or (pos_int(v) and v <= T),
+           f"None (all steps) or an integer in [1, diffusion.num_diffusion_steps = {T}]")
+  _require(config, "sampling.eta", lambda v: _is_number(v) and v >= 0, "a number >= 0")
+  if T % config.eval.timesteps_per_call:
+    raise ValueError(f"eval.timesteps_per_call = {config.eval.timesteps_per_call} is invalid; allowed: a divisor "
+                     f"of diffusion.num_diffusion_steps = {T}.")
+  diffusion.check_model_types(config.diffusion.model_mean_type, config.diffusion.model_var_type)
+  if config.sampling.sampler == "ddim" and config.diffusion.model_var_type == "learned_range":
+    raise ValueError("sampling.sampler = 'ddim' does not use learned variances; use 'ancestral' with "
+                     "diffusion.model_var_type = 'learned_range'.")
+  data.check_dataset_name(config.data.dataset)
+  if config.data.dataset in data.TOY_DATASETS and config.model.name != "mlp":
+    raise ValueError(f"data.dataset = {config.data.dataset!r} is 2-D points; it needs model.name = 'mlp'.")
+  if config.data.dataset in data.IMAGE_DATASETS and config.model.name != "unet":
+    raise ValueError(f"data.dataset = {config.data.dataset!r} is images; it needs model.name = 'unet'.")
+  make_betas(config)
+
+
+def check_workdir_writable(workdir: str) -> None:
+  """Raises `ValueError` unless `workdir` exists as a writable directory or can be created."""
+  path = os.path.abspath(workdir)
+  while not os.path.exists(path):
+    path = os.path.dirname(path)
+  if not os.path.isdir(path) or not os.access(path, os.W_OK | os.X_OK):
+    raise ValueError(f"--workdir {workdir!r} is not writable ({path!r} is not a writable directory).")
+
+
+def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+  """Every leaf key of `config`, dotted (`training.num_train_steps`), in definition order."""
+  keys = []
+  for name, value in config.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      keys += flat_keys(value, f"{prefix}{name}.")
+    else:
+      keys.append(f"{prefix}{name}")
+  return keys
+
+
+def leaf_of(key: str) -> str:
+  """`num_train_steps` of `training.num_train_steps`."""
+  return key.rsplit(".", 1)[-1]
+
+
+def unknown_key_message(config: ml_collections.ConfigDict, key: str) -> str:
+  """One paragraph for a `--config.KEY` that `config` does not have: the key and the closest valid keys.
+
+  Args:
+    config: the config as loaded from its file.
+    key: the dotted key given on the command line.
+
+  Returns:
+    The message (no trailing newline).
+  """
+  keys = flat_keys(config)
+  strong = difflib.get_close_matches(key, keys, n=3, cutoff=0.8)
+  strong += [k for k in keys if leaf_of(k) == leaf_of(key) and k not in strong]
+  close = strong + [k for k in difflib.get_close_matches(key, keys, n=3, cutoff=0.6) if k not in strong]
+  section = key.rsplit(".", 1)[0] if "." in key else ""
+  in_section = [k for k in keys if section and k.startswith(section + ".")]
+  message = f"--config.{key}: {key!r} is not a config key."
+  if strong:
+    message += f" Did you mean \"{leaf_of(strong[0])}\" ({strong[0]})?"
+    if len(close) > 1:
+      message += f" Other close keys: {', '.join(close[1:3])}."
+  elif in_section:
+    message += f" The keys of {section!r} are: {', '.join(in_section)}."
+  elif close:
+    message += f" The closest valid keys: {', '.join(close)}."
+  else:
+    message += f" The sections are: {', '.join(sorted({k.split('.')[0] for k in keys}))}."
+  return message + " Every key, with its meaning, is in configs/default.py."

@@ -1,0 +1,303 @@
+"""Building an experiment from a validated config, and loading a trained workdir.
+
+`build(config)` validates the config and makes everything a run needs before
+anything compiles: the dataset's shape, the model, the float64 betas and the
+schedule, the optimizer, the device mesh. The training loop (`train.py`) and
+the sample and eval modes (`evaluate.py`) both start from it.
+
+For research code, `load(workdir)` returns a trained run (model, parameters,
+EMA parameters, schedule) and `Run.sample` draws from it:
+
+    run = load("workdirs/digits")
+    samples = run.sample(16, jax.random.key(0))  # (16, 8, 8, 1) in [-1, 1]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from diffusion_jax import compiler, config as config_lib, data, diffusion, parallel, sampling, schedules
+from diffusion_jax.checkpoint import Checkpointer
+from diffusion_jax.checks import ProgressFn
+from diffusion_jax.logs import Progress
+from diffusion_jax.models.mlp import MLPDenoiser
+from diffusion_jax.models.unet import UNet
+
+
+class TrainState(flax.struct.PyTreeNode):
+  """Everything a resumed run needs; `step` is also the data position."""
+
+  step: jax.Array  # int32 scalar: optimizer steps taken (and batches consumed)
+  params: Any
+  ema_params: Any
+  opt_state: optax.OptState
+  skipped_steps: jax.Array  # int32 scalar: non-finite updates skipped
+
+
+def build_model(config: ml_collections.ConfigDict, info: data.DatasetInfo) -> nn.Module:
+  """The denoiser of `config.model` for data of `info.shape`; raises `ValueError` if they do not fit."""
+  channels = info.shape[-1]
+  out = 2 * channels if config.diffusion.model_var_type == "learned_range" else None
+  if config.model.name == "mlp":
+    return MLPDenoiser(hidden=config.model.hidden, num_layers=config.model.num_layers, out_dim=out)
+  model = UNet(
+      ch=config.model.ch, ch_mult=tuple(config.model.ch_mult), num_res_blocks=config.model.num_res_blocks,
+      attn_resolutions=tuple(config.model.attn_resolutions), dropout=config.model.dropout, out_channels=out,
+      num_groups=config.model.num_groups, dtype=jnp.dtype(config.training.compute_dtype),
+      remat=config.model.remat)
+  model.check(info.shape)
+  return model
+
+
+def learning_rate_fn(config: ml_collections.ConfigDict) -> optax.Schedule:
+  """Linear warmup from 0 to `training.learning_rate` over `warmup_steps`, then constant."""
+  lr, warmup = config.training.learning_rate, config.training.warmup_steps
+  if warmup == 0:
+    return optax.constant_schedule(lr)
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
+
+
+def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  """Adam with the warmup schedule, after global-norm clipping (when `grad_clip_norm` > 0)."""
+  adam = optax.adam(learning_rate_fn(config), b1=config.training.adam_b1, b2=config.training.adam_b2,
+                    eps=config.training.adam_eps)
+  if config.training.grad_clip_norm > 0:
+    return optax.chain(optax.clip_by_global_norm(config.training.grad_clip_norm), adam)
+  return adam
+
+
+def init_state(model: nn.Module, tx: optax.GradientTransformation, info: data.DatasetInfo,
+               key: jax.Array) -> TrainState:
+  """Fresh parameters (EMA = parameters), optimizer state, step 0."""
+  x, t = jnp.zeros((1, *info.shape), jnp.float32), jnp.zeros((1,), jnp.int32)
+  params = model.init({"params": key}, x, t)["params"]
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+                    opt_state=tx.init(params), skipped_steps=jnp.zeros((), jnp.int32))
+
+
+def model_fn(model: nn.Module, params: Any, *, train: bool = False,
+             dropout_key: jax.Array | None = None) -> diffusion.ModelFn:
+  """`(x_t, t) -> model output` for the diffusion functions."""
+  rngs = {"dropout": dropout_key} if train else None
+  return lambda x, t: model.apply({"params": params}, x, t, train=train, rngs=rngs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """Everything built from a validated config, before any compilation."""
+
+  config: ml_collections.ConfigDict
+  info: data.DatasetInfo
+  model: nn.Module
+  betas: np.ndarray  # float64, shape (T,)
+  schedule: schedules.DiffusionSchedule
+  tx: optax.GradientTransformation
+  mesh: jax.sharding.Mesh
+
+
+def build(config: ml_collections.ConfigDict, workdir: str | None = None,
+          info: data.DatasetInfo | None = None) -> Experiment:
+  """Validates `config` (and `workdir`) and builds the experiment; nothing is compiled or written.
+
+  Args:
+    config: the experiment config (`configs/*.py`).
+    workdir: checked to be writable, when given.
+    info: the dataset's description; read from the data when None.
+
+  Returns:
+    The `Experiment`.
+
+  Raises:
+    ValueError / FileNotFoundError: a bad config key, workdir or dataset, or a model that does not fit it.
+  """
+  config_lib.validate_config(config)
+  if workdir is not None:
+    config_lib.check_workdir_writable(workdir)
+  info = data.dataset_info(config) if info is None else info
+  model = build_model(config, info)
+  for key in ["training.global_batch_size", "sampling.preview_samples", "sampling.batch_size"]:
+    data.check_batch_divisibility(config_lib.get(config, key), key)
+  betas = config_lib.make_betas(config)
+  return Experiment(config, info, model, betas, schedules.make_schedule(betas), build_optimizer(config),
+                    parallel.make_mesh())
+
+
+def abstract_state(exp: Experiment) -> TrainState:
+  """Shapes, dtypes and (replicated) shardings of the state, without computing it."""
+  shapes = jax.eval_shape(functools.partial(init_state, exp.model, exp.tx, exp.info),
+                          jax.random.key(exp.config.seed))
+  sharding = parallel.replicated(exp.mesh)
+  return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), shapes)
+
+
+def restore_latest(exp: Experiment, workdir: str) -> tuple[TrainState, int]:
+  """The latest complete checkpoint of `workdir`, read-only; `FileNotFoundError` if there is none."""
+  ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
+  ckpt = Checkpointer(workdir, read_only=True) if os.path.isdir(ckpt_dir) else None
+  step = None if ckpt is None else ckpt.latest_step()
+  if step is None:
+    raise FileNotFoundError(f"No complete checkpoint in {ckpt_dir}: train first with "
+                            f"--mode train --workdir {workdir}.")
+  state, _ = ckpt.restore(abstract_state(exp))
+  ckpt.close()
+  return state, step
+
+
+def make_sampler(exp: Experiment, batch_size: int,
+                 progress: ProgressFn | None = None) -> Callable[[Any, jax.Array], jax.Array]:
+  """jit(params, key) -> samples of shape `(batch_size, *shape)`, sharded over the mesh, per `config.sampling`.
+
+  Args:
+    exp: the experiment.
+    batch_size: samples per call; divisible by the number of devices.
+    progress: host function the compiled chain reports its steps done to (`logs.Progress`).
+
+  Returns:
+    The sampler; samples are in [-1, 1] for images (clipped x_0 predictions) or points.
+  """
+  sharding = parallel.batch_sharding(exp.mesh)
+  shape = (batch_size, *exp.info.shape)
+  sc, dc = exp.config.sampling, exp.config.diffusion
+  clip = sc.clip_denoised and exp.info.is_image
+  schedule = exp.schedule
+  if sc.sampler == "ancestral" and sc.num_steps is not None and sc.num_steps != schedule.num_steps:
+    schedule = schedules.respace(exp.betas, schedules.space_timesteps(schedule.num_steps, sc.num_steps))
+
+  def draw(params: Any, schedule: schedules.DiffusionSchedule, key: jax.Array) -> jax.Array:
+    fn = model_fn(exp.model, params)
+    if sc.sampler == "ddim":
+      return sampling.ddim_sample(fn, schedule, shape, key, num_steps=sc.num_steps, eta=sc.eta,
+                                  model_mean_type=dc.model_mean_type, clip_denoised=clip, sharding=sharding,
+                                  progress=progress)
+    return sampling.sample(fn, schedule, shape, key, model_mean_type=dc.model_mean_type,
+                           model_var_type=dc.model_var_type, clip_denoised=clip, sharding=sharding,
+                           progress=progress)
+
+  jitted = compiler.jit(draw, out_shardings=sharding)
+  return lambda params, key: jitted(params, schedule, key)
+
+
+def sampling_steps(config: ml_collections.ConfigDict) -> int:
+  """Network calls per sample under `config.sampling`."""
+  return config.sampling.num_steps or config.diffusion.num_diffusion_steps
+
+
+class Sampler:
+  """Draws any number of samples in batches of one compiled sampler, with progress lines.
+
+  Batch `b` uses `fold_in(key, b)`, so the samples do not depend on the number of devices.
+  """
+
+  def __init__(self, exp: Experiment, batch_size: int):
+    """Compiles (on first use) the sampler of `exp.config.sampling` for batches of `batch_size`."""
+    data.check_batch_divisibility(batch_size, "batch_size")
+    self.batch_size = batch_size
+    self.steps = sampling_steps(exp.config)
+    self.progress = Progress()
+    self._draw = make_sampler(exp, batch_size, self.progress)
+
+  def __call__(self, params: Any, num_samples: int, key: jax.Array, label: str = "sampling") -> np.ndarray:
+    """`num_samples` samples as float32 numpy of shape `(num_samples, *info.shape)`, on every host.
+
+    Args:
+      params: the parameters to sample with (e.g. the EMA parameters).
+      num_samples: how many.
+      key: PRNG key.
+      label: what the progress lines call this.
+    """
+    num_batches = -(-num_samples // self.batch_size)
+    self.progress.start(f"{label} ({num_samples} samples, {self.steps} steps each)", num_batches * self.steps)
+    out = []
+    for b in range(num_batches):
+      self.progress.offset = b * self.steps
+      out.append(parallel.gather(self._draw(params, jax.random.fold_in(key, b))))
+    return np.concatenate(out)[:num_samples]
+
+
+def write_dataset_info(info: data.DatasetInfo, workdir: str) -> None:
+  """`workdir/dataset_info.json`: what `load` needs to rebuild the model without the data."""
+  with open(os.path.join(workdir, "dataset_info.json"), "w") as f:
+    json.dump(dataclasses.asdict(info), f, indent=2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """A trained workdir in memory: the experiment, its latest checkpoint's state and step."""
+
+  experiment: Experiment
+  state: TrainState
+  step: int
+
+  @property
+  def config(self) -> ml_collections.ConfigDict:
+    return self.experiment.config
+
+  @property
+  def model(self) -> nn.Module:
+    return self.experiment.model
+
+  @property
+  def schedule(self) -> schedules.DiffusionSchedule:
+    return self.experiment.schedule
+
+  @property
+  def params(self) -> Any:
+    """The EMA parameters if `config.sampling.use_ema` (the default), else the raw ones."""
+    return self.state.ema_params if self.config.sampling.use_ema else self.state.params
+
+  def model_fn(self) -> diffusion.ModelFn:
+    """`(x_t, t) -> network output` with `params`, for the library's diffusion functions."""
+    return model_fn(self.model, self.params)
+
+  def sample(self, num_samples: int, key: jax.Array, *, batch_size: int | None = None) -> np.ndarray:
+    """Samples per `config.sampling` (sampler, steps, EMA), as float32 numpy in [-1, 1] (images) or points."""
+    return Sampler(self.experiment, batch_size or self.config.sampling.batch_size)(self.params, num_samples, key)
+
+
+def load(workdir: str, **overrides: Any) -> Run:
+  """The latest checkpoint of a trained `workdir`, with the config it was trained with.
+
+  Args:
+    workdir: a `main.py --workdir` that holds `config.json`, `dataset_info.json` and `checkpoints/`.
+    **overrides: dotted config keys to change first, e.g. `**{"sampling.num_steps": 100}`.
+
+  Returns:
+    The `Run`.
+
+  Raises:
+    FileNotFoundError: `workdir` holds no trained run.
+    ValueError: a bad override.
+  """
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"{path} does not exist: {workdir!r} is not a workdir of main.py --mode train.")
+  with open(path) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  for key, value in overrides.items():
+    section, _, name = key.rpartition(".")
+    node = config_lib.get(config, section) if section else config
+    if name not in node:
+      raise ValueError(config_lib.unknown_key_message(config, key))
+    node[name] = value
+  info_path = os.path.join(workdir, "dataset_info.json")
+  info = None
+  if os.path.exists(info_path):
+    with open(info_path) as f:
+      fields = json.load(f)
+    info = data.DatasetInfo(**{**fields, "shape": tuple(fields["shape"])})
+  exp = build(config, info=info)
+  state, step = restore_latest(exp, workdir)
+  return Run(exp, state, step)
