@@ -38,17 +38,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 # Errors that report bad input (config, flags, data, workdir) or a documented stop: one paragraph, no traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
-# Log lines that say nothing a user can act on.
-_QUIET = (
-    re.compile(r"Given directory is read only"),  # Orbax, about our own read-only checkpoint manager
-    re.compile(r"dataset_info\.json"),  # TFDS, before it prepares the built-in digits the first time
-)
-
-
 def _keep(record: py_logging.LogRecord) -> bool:
-  """Our INFO lines and everyone's warnings, but not the INFO chatter of Orbax and friends or `_QUIET` lines."""
-  if any(p.search(record.getMessage()) for p in _QUIET):
-    return False
+  """Our INFO lines and everyone's warnings, not the INFO chatter of Orbax and friends."""
   return record.levelno >= py_logging.WARNING or "diffusion_jax" in record.pathname or "main.py" in record.pathname
 
 

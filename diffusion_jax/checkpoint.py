@@ -15,6 +15,11 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
+from diffusion_jax import logs
+
+# Orbax warns that a read-only manager's directory is read only: our own choice (sample/eval), not a fault.
+logs.silence(r"Given directory is read only")
+
 
 def _leaf_name(path: tuple[Any, ...]) -> str:
   """`params/conv_in/bias`: one spelling for attribute, dict-key and index paths (Orbax stores all as keys)."""
@@ -27,7 +32,8 @@ class Checkpointer:
   def __init__(self, workdir: str, *, max_to_keep: int = 3, async_save: bool = True, read_only: bool = False):
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=max_to_keep,
+        max_to_keep=None if read_only else max_to_keep,
+        save_interval_steps=0 if read_only else 1,
         create=not read_only,
         read_only=read_only,
         cleanup_tmp_directories=not read_only,

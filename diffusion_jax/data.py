@@ -28,6 +28,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 from absl import logging
 
+from diffusion_jax import logs
+
+# TFDS warns that a dataset folder it is about to prepare has no dataset_info.json yet.
+logs.silence(r"Variant folder .* has no dataset_info\.json")
+
 IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
 TOY_DATASETS = ("swiss_roll", "two_moons")
 DATASETS = IMAGE_DATASETS + TOY_DATASETS

@@ -7,13 +7,27 @@ terminal control characters), so a redirected log reads like the terminal.
 from __future__ import annotations
 
 import json
+import logging as py_logging
 import os
+import re
 import threading
 import time
 from typing import Any
 
 import jax
 from absl import logging
+
+
+def silence(pattern: str) -> None:
+  """Drops absl log records whose message matches the regex `pattern`: notices of other libraries that ask
+  nothing of the user (the library's own logs and every other warning still pass)."""
+  regex = re.compile(pattern)
+
+  class _Drop(py_logging.Filter):
+    def filter(self, record: py_logging.LogRecord) -> bool:
+      return not regex.search(record.getMessage())
+
+  logging.get_absl_logger().addFilter(_Drop())
 
 
 def fmt_duration(seconds: float) -> str:

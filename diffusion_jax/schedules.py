@@ -102,7 +102,7 @@ _SCHEDULE_FNS: dict[str, Callable[..., np.ndarray]] = {
     "constant": _constant,
     "custom": _custom,
 }
-_SCHEDULE_KWARGS = {
+SCHEDULE_KWARGS = {
     "linear": ("beta_start", "beta_end"),
     "quadratic": ("beta_start", "beta_end"),
     "sigmoid": ("beta_start", "beta_end"),
@@ -134,11 +134,11 @@ def get_beta_schedule(name: str, *, num_diffusion_steps: int, **kwargs: Any) -> 
   if name not in _SCHEDULE_FNS:
     raise ValueError(f"Unknown beta schedule {name!r}; allowed: {', '.join(BETA_SCHEDULES)}.")
   T = _check_num_steps(num_diffusion_steps)
-  unknown = sorted(set(kwargs) - set(_SCHEDULE_KWARGS[name]))
+  unknown = sorted(set(kwargs) - set(SCHEDULE_KWARGS[name]))
   if unknown:
     raise ValueError(
         f"Unknown argument(s) {unknown} for beta schedule {name!r}; "
-        f"allowed: {list(_SCHEDULE_KWARGS[name])}.")
+        f"allowed: {list(SCHEDULE_KWARGS[name])}.")
   return check_betas(_SCHEDULE_FNS[name](T, **kwargs), name=f"betas of schedule {name!r}")
 
 

@@ -61,11 +61,3 @@ def load_state(config, workdir: str, step: int | None = None):
   ckpt.close()
   return jax.tree.map(np.asarray, state)
 
-
-def assert_trees_close(a, b, rtol=0.0, atol=0.0):
-  paths_a = jax.tree_util.tree_flatten_with_path(a)[0]
-  leaves_b = jax.tree.leaves(b)
-  assert len(paths_a) == len(leaves_b)
-  for (path, x), y in zip(paths_a, leaves_b):
-    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=rtol, atol=atol,
-                               err_msg=jax.tree_util.keystr(path))

@@ -73,6 +73,12 @@ CASES = [
     ("config_file_missing", "train", ["--config=configs/nope.py"], 1, r"configs/nope.py"),
     ("unknown_config_key", "train", ["--config.training.num_train_step=5"], 1,
      r"num_train_step.*Did you mean \"num_train_steps\""),
+    ("unknown_config_section", "train", ["--config.trainng.num_train_steps=5"], 1,
+     r"ValueError: --config.trainng.num_train_steps: .* Did you mean \"num_train_steps\" \(training.num_train_steps\)"),
+    ("timestep_weights_length", "train", ["--config.training.timestep_weights=(1.0, 2.0)"], 1,
+     r"ValueError: training.timestep_weights = \(1.0, 2.0\) is invalid; allowed: None \(uniform\) or 50"),
+    ("cosine_s_for_linear", "train", ["--config.diffusion.beta_kwargs.s=0.01"], 1,
+     r"ValueError: Unknown argument\(s\) \['s'\] for beta schedule 'linear'"),
     ("sample_without_checkpoint", "sample", [], 1,
      r"FileNotFoundError: No complete checkpoint in .*checkpoints: train first with --mode train"),
     ("eval_without_checkpoint", "eval", [], 1, r"FileNotFoundError: No complete checkpoint in"),
@@ -99,5 +105,6 @@ def test_bad_input(case, dirs, tmp_path):
   out = proc.stdout + proc.stderr
   assert proc.returncode != 0, out[-3000:]
   assert re.search(pattern, out), out[-3000:]
+  assert "Traceback" not in out, out[-3000:]  # one paragraph, not a stack
   assert "Finished XLA compilation" not in out, "compiled before failing"
   assert not os.path.exists(workdir), "wrote to the workdir"

@@ -175,6 +175,7 @@ def test_p_mean_variance(mean_type, var_type, clip):
     (lambda x, t: diffusion.p_mean_variance(SCHED, x, x, t, model_mean_type="score"), "model_mean_type 'score'"),
     (lambda x, t: diffusion.p_mean_variance(SCHED, x, x, t, model_var_type="big"), "model_var_type 'big'"),
     (lambda x, t: diffusion.p_mean_variance(SCHED, x, x, t, model_var_type="learned_range"), "twice the channels"),
+    (lambda x, t: diffusion.predict_xstart(SCHED, x, x, t, model_mean_type="score"), "model_mean_type 'score'"),
 ])
 def test_bad_input_raises(call, match):
   x = jnp.zeros(SHAPE)

@@ -7,6 +7,7 @@ import subprocess
 import threading
 import time
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -99,7 +100,7 @@ def test_sigkill_between_checkpoints_and_during_a_write_then_resume_is_bitwise_e
   assert not _tmp_checkpoints(workdir)
   state = helpers.load_state(_config(data_dir), workdir)
   assert int(state.step) == STEPS
-  helpers.assert_trees_close(state, uninterrupted)  # params, EMA, optimizer state, step: exact
+  chex.assert_trees_all_equal(state, uninterrupted)  # params, EMA, optimizer state, step: exact
 
 
 def test_sigterm_saves_the_current_step_exits_cleanly_and_resumes_there(data_dir, uninterrupted, tmp_path):
@@ -114,7 +115,7 @@ def test_sigterm_saves_the_current_step_exits_cleanly_and_resumes_there(data_dir
   run = _Run(workdir, data_dir)
   out = run.finish(timeout=300)
   assert run.proc.returncode == 0 and f"at step {saved}." in out
-  helpers.assert_trees_close(helpers.load_state(_config(data_dir), workdir), uninterrupted)
+  chex.assert_trees_all_equal(helpers.load_state(_config(data_dir), workdir), uninterrupted)
 
 
 def _all_finite(tree):

@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 
+import chex
 import jax
 import numpy as np
 import pytest
@@ -38,7 +39,7 @@ def test_run_writes_logs_samples_and_checkpoints(reference_run):
   assert os.listdir(os.path.join(workdir, "tensorboard"))
   assert os.path.getsize(os.path.join(workdir, "samples", "step_00000008.png")) > 0
   # The checkpoint holds exactly the returned state.
-  helpers.assert_trees_close(helpers.load_state(config, workdir), state)
+  chex.assert_trees_all_equal(helpers.load_state(config, workdir), state)
   # EMA moved away from the parameters' initial values, and differs from the parameters.
   assert not np.allclose(state.ema_params["conv_in"]["kernel"], state.params["conv_in"]["kernel"])
 
@@ -49,17 +50,17 @@ def test_resume_reaches_the_same_parameters(reference_run, tmp_path):
   first = _config(config.data.data_dir, num_train_steps=4)
   train.train_and_evaluate(first, workdir)
   resumed = jax.tree.map(np.asarray, train.train_and_evaluate(config, workdir))
-  helpers.assert_trees_close(resumed, reference)  # bitwise on CPU
+  chex.assert_trees_all_equal(resumed, reference)  # bitwise on CPU
   # Re-running a finished run changes nothing.
   again = jax.tree.map(np.asarray, train.train_and_evaluate(config, workdir))
-  helpers.assert_trees_close(again, reference)
+  chex.assert_trees_all_equal(again, reference)
 
 
 def test_steps_per_call_trains_the_same_model(reference_run, tmp_path):
   config, _, reference = reference_run
   scanned = _config(config.data.data_dir, steps_per_call=2)
   state = jax.tree.map(np.asarray, train.train_and_evaluate(scanned, str(tmp_path)))
-  helpers.assert_trees_close(state, reference, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(state, reference, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU property")
@@ -104,7 +105,7 @@ def test_one_and_four_devices_and_two_processes_train_the_same_parameters(refere
   assert "on 4 device(s), 2 process(es)" in outputs[0]
   # All-reduces sum in a different order over 4 devices: float32 tolerance, not bitwise.
   for workdir in [four, two_hosts]:
-    helpers.assert_trees_close(helpers.load_state(config, workdir), reference, rtol=2e-4, atol=2e-6)
+    chex.assert_trees_all_close(helpers.load_state(config, workdir), reference, rtol=2e-4, atol=2e-6)
 
 
 def test_sample_and_eval_modes(reference_run):

@@ -1,0 +1,90 @@
+"""Config validation, the reach of the config (every knob of the library), and unknown-key messages."""
+
+import jax
+import numpy as np
+import pytest
+
+from configs import default, tiny
+from diffusion_jax import config as config_lib, data, experiment, schedules
+from diffusion_jax import step as step_lib
+from helpers import tiny_config
+
+
+def test_every_schedule_argument_is_a_config_key():
+  arguments = {a for args in schedules.SCHEDULE_KWARGS.values() for a in args}
+  assert set(default.get_config().diffusion.beta_kwargs) == arguments
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("cosine", {"s": 0.02, "max_beta": 0.5}),
+    ("constant", {"beta": 0.01}),
+    ("sigmoid", {"beta_start": 1e-3, "beta_end": 0.05}),
+    ("custom", {"betas": tuple(np.linspace(0.01, 0.2, 50))}),
+])
+def test_schedule_arguments_from_the_config_reach_the_betas(name, kwargs):
+  c = tiny.get_config()
+  c.diffusion.beta_schedule = name
+  for k, v in kwargs.items():
+    c.diffusion.beta_kwargs[k] = v
+  config_lib.validate_config(c)
+  want = schedules.get_beta_schedule(name, num_diffusion_steps=50, **kwargs)
+  np.testing.assert_array_equal(config_lib.make_betas(c), want)
+  if name != "custom":
+    assert not np.array_equal(want, schedules.get_beta_schedule(name, num_diffusion_steps=50))
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("training.timestep_weights", (1.0,) * 49, r"None \(uniform\) or 50 non-negative numbers"),
+    ("training.timestep_weights", (1.0,) * 49 + (-1.0,), r"None \(uniform\) or 50 non-negative numbers"),
+    ("training.adam_b1", 1.0, r"training.adam_b1 = 1.0 is invalid; allowed: a number in \[0, 1\)"),
+    ("training.adam_eps", float("nan"), r"training.adam_eps = nan is invalid"),
+    ("sampling.eta", -0.5, r"sampling.eta = -0.5 is invalid; allowed: a number >= 0"),
+    ("eval.timesteps_per_call", 3, r"eval.timesteps_per_call = 3 is invalid; allowed: a divisor"),
+    ("eval.num_examples", -1, r"eval.num_examples = -1 is invalid; allowed: a non-negative integer"),
+])
+def test_validate_config_names_the_key_the_value_and_what_is_allowed(key, value, match):
+  c = tiny.get_config()
+  section, name = key.split(".")
+  c[section][name] = value
+  with pytest.raises(ValueError, match=match):
+    config_lib.validate_config(c)
+
+
+@pytest.mark.parametrize("key, want", [
+    ("training.num_train_step", 'Did you mean "num_train_steps" (training.num_train_steps)?'),
+    ("trainng.num_train_steps", 'Did you mean "num_train_steps" (training.num_train_steps)?'),
+    ("training.batch_size", 'Did you mean "global_batch_size" (training.global_batch_size)?'),
+    ("ema_decay", 'Did you mean "ema_decay" (training.ema_decay)?'),
+    ("model.channels", "The keys of 'model' are: model.attn_resolutions, model.ch, "),
+    ("zzz", "The sections are: data, diffusion, eval, model, sampling, seed, training."),
+])
+def test_unknown_key_message_names_the_closest_keys(key, want):
+  message = config_lib.unknown_key_message(default.get_config(), key)
+  assert message.startswith(f"--config.{key}: {key!r} is not a config key.")
+  assert want in message and "\n" not in message
+
+
+def test_flat_keys_are_every_leaf():
+  keys = config_lib.flat_keys(default.get_config())
+  assert "training.num_train_steps" in keys and "diffusion.beta_kwargs.max_beta" in keys
+  assert "training" not in keys and len(keys) == len(set(keys))
+
+
+def test_timestep_weights_from_the_config_weight_the_loss(data_dir):
+  """All-zero weights give a zero loss; weights of 2 give twice the unweighted loss (same key, same batch)."""
+  c = tiny_config(data_dir)
+  exp = experiment.build(c)
+  state = experiment.init_state(exp.model, exp.tx, exp.info, jax.random.key(0))
+  batch = data.train_batches(c)[0]
+
+  def loss(weights):
+    c.training.timestep_weights = weights
+    cfg = step_lib.StepConfig.from_config(c)
+    fn = jax.jit(lambda s, b: step_lib.train_step(s, b, exp.schedule, model=exp.model, tx=exp.tx,
+                                                  lr_fn=experiment.learning_rate_fn(c), cfg=cfg))
+    return float(fn(state, batch)[1]["loss"][0])
+
+  plain = loss(None)
+  assert plain > 0.1
+  assert loss((0.0,) * 50) == 0.0
+  np.testing.assert_allclose(loss((2.0,) * 50), 2 * plain, rtol=1e-5)
