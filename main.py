@@ -23,6 +23,9 @@ from collections.abc import Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from diffusion_jax import config as config_lib
+from diffusion_jax import evaluate, parallel, train
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config", None, "Path to a config file (configs/*.py). Override any key with --config.KEY=VALUE, e.g. "
@@ -38,6 +41,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 # Errors that report bad input (config, flags, data, workdir) or a documented stop: one paragraph, no traceback.
 USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
+
+
 def _keep(record: py_logging.LogRecord) -> bool:
   """Our INFO lines and everyone's warnings, not the INFO chatter of Orbax and friends."""
   return record.levelno >= py_logging.WARNING or "diffusion_jax" in record.pathname or "main.py" in record.pathname
@@ -61,7 +66,6 @@ def _config_args_problem(argv: Sequence[str]) -> str | None:
     config = runpy.run_path(path)["get_config"]()
   except Exception as e:  # whatever a broken config file raises
     return f"--config {path!r} could not be loaded: {type(e).__name__}: {e}"
-  from diffusion_jax import config as config_lib
   keys = config_lib.flat_keys(config)
   for arg in argv:
     match = re.match(r"-{1,2}(?:no)?config\.([\w.]+)", arg)
@@ -77,8 +81,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
     try:
       return FLAGS(argv)
     except flags.Error as e:
-      problem = " ".join(str(e).split())
-  sys.stderr.write(f"ValueError: {problem}\nSee python main.py --help.\n")
+      problem = str(e)
+  sys.stderr.write(f"ValueError: {' '.join(problem.split())}\nSee python main.py --help.\n")
   sys.exit(2)
 
 
@@ -87,7 +91,6 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_keep)
-  from diffusion_jax import evaluate, parallel, train
   run = {"train": train.train_and_evaluate, "sample": evaluate.sample, "eval": evaluate.evaluate_bpd}[FLAGS.mode]
   try:
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)

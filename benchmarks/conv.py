@@ -26,7 +26,7 @@ def conv(x: jax.Array, w: jax.Array) -> jax.Array:
 
 
 def weight_grad_im2col(x: jax.Array, dy: jax.Array) -> jax.Array:
-  C, O = x.shape[-1], dy.shape[-1]
+  C, O = x.shape[-1], dy.shape[-1]  # noqa: E741 (the kernel's input and output channels)
   patches = jax.lax.conv_general_dilated_patches(x, (3, 3), (1, 1), "SAME", dimension_numbers=DN)
   return jnp.einsum("bhwk,bhwo->ko", patches, dy).reshape(C, 3, 3, O).transpose(1, 2, 0, 3)
 

@@ -23,7 +23,6 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(__file__))
 import common  # noqa: E402
-
 from diffusion_jax import diffusion, sampling, schedules  # noqa: E402
 from diffusion_jax.models.mlp import MLPDenoiser  # noqa: E402
 from diffusion_jax.models.unet import UNet  # noqa: E402

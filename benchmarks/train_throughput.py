@@ -24,9 +24,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
-
 from configs import default  # noqa: E402
-from diffusion_jax import config as config_lib, data, experiment, parallel, schedules  # noqa: E402
+from diffusion_jax import config as config_lib  # noqa: E402
+from diffusion_jax import data, experiment, parallel, schedules
 from diffusion_jax import step as step_lib  # noqa: E402
 
 WORKLOADS = {

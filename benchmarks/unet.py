@@ -18,7 +18,6 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(__file__))
 import common  # noqa: E402
-
 from diffusion_jax.models.unet import UNet  # noqa: E402
 
 SIZES = {

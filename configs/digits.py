@@ -24,7 +24,7 @@ def get_config():
   c.training.learning_rate = 1e-3
   c.training.warmup_steps = 100
   c.training.ema_decay = 0.999
-  c.training.log_every_steps = 100
+  c.training.log_every_steps = 50  # a progress line every ~4 s on 2 CPU cores
   c.training.checkpoint_every_steps = 1000
   c.training.sample_every_steps = 3000
   c.eval.batch_size = 100

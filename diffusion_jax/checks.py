@@ -1,4 +1,4 @@
-"""Argument checks shared by the math and the runtime: one spelling of each rule."""
+"""Helpers shared by the math and the runtime: argument checks, and the progress hook of compiled loops."""
 
 from __future__ import annotations
 

@@ -80,8 +80,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(config, "training.compute_dtype", lambda v: v in COMPUTE_DTYPES, ", ".join(COMPUTE_DTYPES))
   _require(config, "training.on_nonfinite", lambda v: v in ON_NONFINITE, ", ".join(ON_NONFINITE))
   T = config.diffusion.num_diffusion_steps
-  _require(config, "training.timestep_weights",
-           lambda v: v is None or (isinstance(v, (tuple, list)) and len(v) == T and all(_is_number(w) and w >= 0 for w in v)),
+  weights_ok = lambda v: isinstance(v, (tuple, list)) and len(v) == T and all(_is_number(w) and w >= 0 for w in v)
+  _require(config, "training.timestep_weights", lambda v: v is None or weights_ok(v),
            f"None (uniform) or {T} non-negative numbers, one per diffusion step")
   _require(config, "model.name", lambda v: v in MODELS, ", ".join(MODELS))
   _require(config, "sampling.sampler", lambda v: v in SAMPLERS, ", ".join(SAMPLERS))

@@ -29,7 +29,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from diffusion_jax import compiler, config as config_lib, data, diffusion, parallel, sampling, schedules
+from diffusion_jax import compiler, data, diffusion, parallel, sampling, schedules
+from diffusion_jax import config as config_lib
 from diffusion_jax.checkpoint import Checkpointer
 from diffusion_jax.checks import ProgressFn
 from diffusion_jax.logs import Progress
@@ -263,7 +264,16 @@ class Run:
     return model_fn(self.model, self.params)
 
   def sample(self, num_samples: int, key: jax.Array, *, batch_size: int | None = None) -> np.ndarray:
-    """Samples per `config.sampling` (sampler, steps, EMA), as float32 numpy in [-1, 1] (images) or points."""
+    """Samples per `config.sampling` (sampler, steps) with `params`, as `--mode sample` draws them.
+
+    Args:
+      num_samples: how many.
+      key: PRNG key; `--mode sample` uses `jax.random.key(config.sampling.seed)`.
+      batch_size: samples per compiled call; `config.sampling.batch_size` when None.
+
+    Returns:
+      float32 numpy of shape `(num_samples, *shape)`: images in [-1, 1], or points.
+    """
     return Sampler(self.experiment, batch_size or self.config.sampling.batch_size)(self.params, num_samples, key)
 
 
@@ -287,11 +297,10 @@ def load(workdir: str, **overrides: Any) -> Run:
   with open(path) as f:
     config = ml_collections.ConfigDict(json.load(f))
   for key, value in overrides.items():
-    section, _, name = key.rpartition(".")
-    node = config_lib.get(config, section) if section else config
-    if name not in node:
+    if key not in config_lib.flat_keys(config):
       raise ValueError(config_lib.unknown_key_message(config, key))
-    node[name] = value
+    section, _, name = key.rpartition(".")
+    (config_lib.get(config, section) if section else config)[name] = value
   info_path = os.path.join(workdir, "dataset_info.json")
   info = None
   if os.path.exists(info_path):

@@ -29,6 +29,7 @@ from diffusion_jax import diffusion
 from diffusion_jax.checks import ProgressFn, is_int, report_progress
 from diffusion_jax.diffusion import ModelFn
 from diffusion_jax.schedules import DiffusionSchedule, space_timesteps
+
 # (x_t, step inputs, noise key) -> (x_prev, pred_xstart)
 StepFn = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
 

@@ -99,10 +99,17 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], schedule: schedul
     (new state, metrics); each metric has shape `(k,)`.
   """
   step = functools.partial(_one_step, schedule=schedule, model=model, tx=tx, lr_fn=lr_fn, cfg=cfg)
-  # XLA:CPU does not bring the weight-gradient convolutions inside a while loop into the layout of its
-  # library kernels: they would run on its naive emitter (BENCHMARKS.md). Unrolled, the steps compile
-  # like a single one (compile time grows with k); elsewhere the loop stays.
-  return jax.lax.scan(step, state, batch, unroll=jax.default_backend() == "cpu")
+  if jax.default_backend() != "cpu":
+    return jax.lax.scan(step, state, batch)
+  # XLA:CPU does not bring the weight-gradient convolutions inside a while loop (even one of a single
+  # trip, which `lax.scan` emits also when fully unrolled) into the layout of its library kernels: they
+  # would run on its naive emitter, ~80x slower (BENCHMARKS.md). Unrolled by hand, k steps compile like
+  # one (compile time grows with k).
+  metrics = []
+  for i in range(jax.tree.leaves(batch)[0].shape[0]):
+    state, m = step(state, {key: value[i] for key, value in batch.items()})
+    metrics.append(m)
+  return state, jax.tree.map(lambda *ms: jnp.stack(ms), *metrics)
 
 
 def make_train_step(exp: Experiment, state: TrainState) -> Any:

@@ -9,7 +9,6 @@ sample grid from the EMA parameters every `sample_every_steps`.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import signal
 import time
@@ -20,7 +19,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from diffusion_jax import data, experiment, images, parallel
+from diffusion_jax import compiler, data, experiment, images, parallel
 from diffusion_jax.checkpoint import Checkpointer
 from diffusion_jax.experiment import Experiment, TrainState
 from diffusion_jax.logs import MetricWriter, fmt_duration
@@ -53,8 +52,8 @@ def restore_or_init(exp: Experiment, ckpt: Checkpointer) -> TrainState:
     state, _ = ckpt.restore(experiment.abstract_state(exp))
     logging.info("Resumed from %s at step %d.", ckpt.directory, int(parallel.host_value(state.step)))
     return state
-  init = jax.jit(lambda key: experiment.init_state(exp.model, exp.tx, exp.info, key),
-                 out_shardings=parallel.replicated(exp.mesh))
+  init = compiler.jit(lambda key: experiment.init_state(exp.model, exp.tx, exp.info, key),
+                      out_shardings=parallel.replicated(exp.mesh))
   return init(jax.random.key(exp.config.seed))
 
 
@@ -87,7 +86,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   writer = MetricWriter(workdir)
   preemption = _Preemption() if jax.process_count() == 1 else None
   unit = "images" if exp.info.is_image else "points"
-  meta = lambda: {"step": step, "config": config.to_dict(), "dataset_info": dataclasses.asdict(exp.info)}
+  meta = lambda: {"step": step, "config": config.to_dict()}
 
   def check(pending: tuple[int, dict[str, jax.Array]] | None) -> None:
     if pending is None:

@@ -65,7 +65,8 @@ CASES = [
     ("toy_data_with_unet", "train", ["--config.data.dataset=swiss_roll"], 1,
      r"ValueError: data.dataset = 'swiss_roll' is 2-D points; it needs model.name = 'mlp'"),
     ("dataset_missing", "train", ["--config.data.dataset=mnist", "--config.data.data_dir={empty}"], 1,
-     r"FileNotFoundError: data.dataset = 'mnist' is not prepared in .*download_and_prepare\(file_format='array_record'\)"),
+     r"FileNotFoundError: data.dataset = 'mnist' is not prepared in "
+     r".*download_and_prepare\(file_format='array_record'\)"),
     ("dataset_unreadable", "train", ["--config.data.data_dir={tfrecord}"], 1,
      r"ValueError: data.dataset = 'digits' in .* is stored as 'tfrecord', which tfds.data_source cannot read"),
     ("workdir_not_writable", "train", ["--workdir=/etc/hostname/run"], 1,

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from configs import default, tiny
-from diffusion_jax import config as config_lib, data, experiment, schedules
+from diffusion_jax import config as config_lib
+from diffusion_jax import data, experiment, schedules
 from diffusion_jax import step as step_lib
 from helpers import tiny_config
 

@@ -61,7 +61,8 @@ def test_q_step_and_posterior_equal_bayes():
   mean, var, logvar = jax.jit(diffusion.q_posterior_mean_variance)(SCHED, x0, xt, TS)
   for i, t in enumerate(TS):
     want_mean, want_var = ref.posterior_by_bayes(BETAS, x0[i].astype(np.float64), xt[i].astype(np.float64), t)
-    c1, c2 = BETAS[t] * math.sqrt(ABAR_PREV[t]) / (1 - ABAR[t]), (1 - ABAR_PREV[t]) * math.sqrt(1 - BETAS[t]) / (1 - ABAR[t])
+    c1 = BETAS[t] * math.sqrt(ABAR_PREV[t]) / (1 - ABAR[t])
+    c2 = (1 - ABAR_PREV[t]) * math.sqrt(1 - BETAS[t]) / (1 - ABAR[t])
     assert_f32_close(mean[i], want_mean, c1 * x0[i], c2 * xt[i])
     assert_f32_close(var[i], want_var)
     clipped = ref.posterior_by_bayes(BETAS, x0[i], xt[i], max(t, 1))[1]  # log-variance clipped at t = 0
@@ -156,7 +157,8 @@ def test_p_mean_variance(mean_type, var_type, clip):
     logvar = np.log(np.concatenate([[post_var[1]], BETAS[1:]]))[TS].reshape(-1, 1, 1, 1) + 0 * x
   else:
     frac = (var_values.astype(np.float64) + 1) / 2
-    logvar = frac * np.log(_col(BETAS)) + (1 - frac) * np.log(np.concatenate([[post_var[1]], post_var[1:]]))[TS].reshape(-1, 1, 1, 1)
+    clipped = np.log(np.concatenate([[post_var[1]], post_var[1:]]))[TS].reshape(-1, 1, 1, 1)
+    logvar = frac * np.log(_col(BETAS)) + (1 - frac) * clipped
   assert out.mean.shape == out.variance.shape == out.log_variance.shape == out.pred_xstart.shape == xt.shape
   assert_f32_close(out.pred_xstart, x0, np.abs(x) / a + b / a * np.abs(o) + np.abs(x) + np.abs(o))
   assert_f32_close(out.log_variance, logvar, np.abs(logvar))

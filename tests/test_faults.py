@@ -1,4 +1,4 @@
-"""Faults, done for real: SIGKILL mid-run and mid-checkpoint-write, SIGTERM, non-finite losses, mismatched checkpoints."""
+"""Faults, done for real: SIGKILL mid-run and mid-write, SIGTERM, non-finite losses, mismatched checkpoints."""
 
 import json
 import os
@@ -140,7 +140,7 @@ def test_nonfinite_updates_can_be_skipped_and_counted(data_dir, tmp_path):
   state = train.train_and_evaluate(config, str(tmp_path))
   assert int(state.step) == 10 and int(state.skipped_steps) == 9  # every step after the first overflows
   assert _all_finite(helpers.load_state(config, str(tmp_path)))
-  lines = [json.loads(l) for l in open(os.path.join(tmp_path, "metrics.jsonl"))]
+  lines = [json.loads(line) for line in open(os.path.join(tmp_path, "metrics.jsonl"))]
   assert lines[-1]["skipped_steps"] == 9
 
 

@@ -2,14 +2,13 @@
 
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import reference as ref
-import flax.linen as nn
-
 from diffusion_jax.models.layers import GroupNorm, dropout, group_norm, timestep_embedding
 from diffusion_jax.models.mlp import MLPDenoiser
 from diffusion_jax.models.unet import UNet
@@ -18,12 +17,14 @@ TOY = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), dropo
 
 
 def _num_params(model, image_shape):
-  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, *image_shape)), jnp.zeros((1,), jnp.int32)))
+  shapes = jax.eval_shape(
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, *image_shape)), jnp.zeros((1,), jnp.int32)))
   return sum(math.prod(x.shape) for x in jax.tree.leaves(shapes))
 
 
 def test_cifar10_unet_has_the_papers_35_7m_parameters():
-  assert _num_params(UNet(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,)), (32, 32, 3)) == 35_746_307
+  model = UNet(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,))
+  assert _num_params(model, (32, 32, 3)) == 35_746_307
 
 
 def test_256_unet_has_the_papers_114m_parameters():
@@ -189,7 +190,8 @@ def test_class_conditioning_and_null_label(toy):
   apply = jax.jit(model.apply)
   out = apply(variables, x, t, jnp.array([0, 3, 3, 9]))
   assert not np.allclose(out, apply(variables, x, t, jnp.array([1, 3, 3, 9])))
-  np.testing.assert_allclose(apply(variables, x, t, None), apply(variables, x, t, jnp.full((4,), 10)), rtol=1e-6, atol=1e-6)
+  np.testing.assert_allclose(apply(variables, x, t, None), apply(variables, x, t, jnp.full((4,), 10)),
+                             rtol=1e-6, atol=1e-6)
   with pytest.raises(ValueError, match="unconditional"):
     UNet(**TOY).apply(toy[1], x, t, jnp.zeros((4,), jnp.int32))
 
@@ -216,7 +218,8 @@ def test_mlp_denoiser():
   variables = model.init(jax.random.key(0), x, t)
   out = model.apply(variables, x, t)
   assert out.shape == (5, 2) and np.all(np.isfinite(out))
-  assert MLPDenoiser(hidden=32, out_dim=4).apply(MLPDenoiser(hidden=32, out_dim=4).init(jax.random.key(0), x, t), x, t).shape == (5, 4)
+  wide = MLPDenoiser(hidden=32, out_dim=4)
+  assert wide.apply(wide.init(jax.random.key(0), x, t), x, t).shape == (5, 4)
   # The output depends on t through the embedding.
   assert not np.allclose(out, model.apply(variables, x, t + 100))
   with pytest.raises(ValueError, match="shape"):

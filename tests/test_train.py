@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 import helpers
-from diffusion_jax import compiler, config as config_lib, data, evaluate, experiment, schedules, train
+from diffusion_jax import compiler, data, evaluate, experiment, schedules, train
+from diffusion_jax import config as config_lib
 from diffusion_jax import step as step_lib
 from helpers import tiny_config as _config
-
 
 
 @pytest.fixture(scope="module")
@@ -30,11 +30,11 @@ def test_run_writes_logs_samples_and_checkpoints(reference_run):
   config, workdir, state = reference_run
   assert int(state.step) == 8
   assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "8"]
-  lines = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
-  assert [l["step"] for l in lines] == [2, 4, 6, 8]
-  for l in lines:
-    assert {"loss", "grad_norm", "learning_rate", "steps_per_s", "images_per_s", "skipped_steps"} <= set(l)
-    assert np.isfinite(l["loss"]) and l["skipped_steps"] == 0
+  lines = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [line["step"] for line in lines] == [2, 4, 6, 8]
+  for line in lines:
+    assert {"loss", "grad_norm", "learning_rate", "steps_per_s", "images_per_s", "skipped_steps"} <= set(line)
+    assert np.isfinite(line["loss"]) and line["skipped_steps"] == 0
   assert lines[0]["learning_rate"] == pytest.approx(config.training.learning_rate * 2 / 2 * 0.5)  # warmup step 1 of 2
   assert os.listdir(os.path.join(workdir, "tensorboard"))
   assert os.path.getsize(os.path.join(workdir, "samples", "step_00000008.png")) > 0
@@ -64,21 +64,23 @@ def test_steps_per_call_trains_the_same_model(reference_run, tmp_path):
 
 
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU property")
-def test_several_steps_per_call_compile_to_xla_cpus_convolution_kernels():
+@pytest.mark.parametrize("k", [1, 2])
+def test_steps_per_call_compile_to_xla_cpus_convolution_kernels(k):
   """Inside a while loop XLA:CPU would leave the weight-gradient convolutions in a layout that only its
-  naive emitter runs (f01b_i01o->01bf, ~30x slower); every convolution must be in the kernels' layout."""
-  config = _config("unused", steps_per_call=2)
+  naive emitter runs (f01b_i01o->01bf, ~30x slower); every convolution must be in the kernels' layout,
+  for one step per call (where `lax.scan` would still emit a loop of one trip) as for several."""
+  config = _config("unused", steps_per_call=k)
   info = data.DatasetInfo("digits", (8, 8, 1), None, True)
   model, tx = experiment.build_model(config, info), experiment.build_optimizer(config)
   state = jax.eval_shape(lambda: experiment.init_state(model, tx, info, jax.random.key(0)))
-  batch = {"x": jax.ShapeDtypeStruct((2, 8, 8, 8, 1), np.uint8)}
+  batch = {"x": jax.ShapeDtypeStruct((k, 8, 8, 8, 1), np.uint8)}
   schedule = schedules.make_schedule(config_lib.make_betas(config))
   step = compiler.jit(lambda s, b, sch: step_lib.train_step(
       s, b, sch, model=model, tx=tx, lr_fn=experiment.learning_rate_fn(config),
       cfg=step_lib.StepConfig(0, "eps", "fixed_large", 0.9, False)))
   hlo = step.lower(state, batch, schedule).compile().as_text()
   labels = re.findall(r" convolution\(.*?dim_labels=([\w>-]+)", hlo)
-  assert len(labels) == 2 * (3 * 20 - 1)  # 2 steps x 20 convs x (forward, weight, input grads), no image grad
+  assert len(labels) == k * (3 * 20 - 1)  # k steps x 20 convs x (forward, weight, input grads), no image grad
   assert set(labels) == {"b01f_01io->b01f"}
 
 
@@ -106,6 +108,22 @@ def test_one_and_four_devices_and_two_processes_train_the_same_parameters(refere
   # All-reduces sum in a different order over 4 devices: float32 tolerance, not bitwise.
   for workdir in [four, two_hosts]:
     chex.assert_trees_all_close(helpers.load_state(config, workdir), reference, rtol=2e-4, atol=2e-6)
+
+
+def test_load_gives_the_trained_run_and_its_overrides(reference_run):
+  config, workdir, state = reference_run
+  run = experiment.load(workdir)
+  assert run.step == 8 and run.experiment.info == data.DatasetInfo("digits", (8, 8, 1), 10, True)
+  chex.assert_trees_all_equal(jax.tree.map(np.asarray, run.params), state.ema_params)
+  raw = experiment.load(workdir, **{"sampling.use_ema": False})
+  chex.assert_trees_all_equal(jax.tree.map(np.asarray, raw.params), state.params)
+  ddim = experiment.load(workdir, **{"sampling.sampler": "ddim", "sampling.num_steps": 5})
+  a, b = run.sample(8, jax.random.key(0)), ddim.sample(8, jax.random.key(0))
+  assert a.shape == b.shape == (8, 8, 8, 1) and not np.allclose(a, b)
+  with pytest.raises(ValueError, match=r'Did you mean "num_steps" \(sampling.num_steps\)'):
+    experiment.load(workdir, **{"sampling.num_step": 5})
+  with pytest.raises(FileNotFoundError, match="is not a workdir of main.py --mode train"):
+    experiment.load(os.path.join(workdir, "samples"))
 
 
 def test_sample_and_eval_modes(reference_run):

@@ -42,8 +42,8 @@ def dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
   """x * m / (1 - p), m ~ Bernoulli(1 - p) per element, with p = rate rounded to a multiple of 2^-16.
 
   Each element's mask compares 16 random bits with the threshold, so one 32-bit
-  word of `jax.random.bits` serves two elements: on the CPU that is ~2-3x
-  cheaper than `flax.linen.Dropout`'s uniform floats (one hash per element).
+  word of `jax.random.bits` serves two elements: half the random bits of
+  `flax.linen.Dropout`'s uniform floats (one hash per element; BENCHMARKS.md).
   The scale uses the rounded rate, so E[output] = x exactly; the rate itself is
   off by at most 2^-17. The bits depend on the key and each element's index
   only, not on how `x` is sharded.

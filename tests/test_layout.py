@@ -1,0 +1,44 @@
+"""The house's rules, checked: imports run one way, and the code passes the linter configured in pyproject.toml."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import helpers
+
+RUNTIME = ["config", "experiment", "step", "train", "evaluate", "data", "parallel", "checkpoint", "logs", "images",
+           "compiler"]
+MATH = ["schedules", "diffusion", "losses", "sampling", "checks", "models.unet", "models.mlp", "models.layers"]
+
+
+def _loaded_after(module: str) -> set[str]:
+  """The diffusion_jax modules and heavy libraries in sys.modules after importing `module` in a fresh process."""
+  code = (f"import sys, json, importlib; importlib.import_module({module!r}); "
+          "print(json.dumps(sorted(m for m in sys.modules if m.startswith(('diffusion_jax', 'orbax', "
+          "'tensorflow_datasets', 'grain', 'optax')))))")
+  out = subprocess.run([sys.executable, "-c", code], cwd=helpers.ROOT, env=helpers.env(), capture_output=True,
+                       text=True, timeout=120, check=True).stdout
+  return set(json.loads(out.splitlines()[-1]))
+
+
+@pytest.mark.parametrize("name", ["diffusion_jax"] + [f"diffusion_jax.{m}" for m in MATH])
+def test_the_math_imports_nothing_of_the_runtime(name):
+  loaded = _loaded_after(name)
+  assert not loaded & {f"diffusion_jax.{m}" for m in RUNTIME}
+  assert not any(m.startswith(("orbax", "tensorflow_datasets", "grain", "optax")) for m in loaded)
+
+
+def test_sample_and_eval_never_import_the_training_loop():
+  loaded = _loaded_after("diffusion_jax.evaluate")
+  assert "diffusion_jax.experiment" in loaded
+  assert not loaded & {"diffusion_jax.train", "diffusion_jax.step"}
+
+
+def test_lint():
+  ruff = pytest.importorskip("ruff")
+  del ruff
+  proc = subprocess.run([sys.executable, "-m", "ruff", "check", "--output-format", "concise", "."],
+                        cwd=helpers.ROOT, capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stdout[-3000:]
