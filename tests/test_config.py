@@ -72,7 +72,9 @@ def test_flat_keys_are_every_leaf():
 
 
 def test_timestep_weights_from_the_config_weight_the_loss(data_dir):
-  """All-zero weights give a zero loss; weights of 2 give twice the unweighted loss (same key, same batch)."""
+  """All-zero weights give a zero loss where uniform ones do not (same key, same batch): the weights reach it.
+
+  (`losses.mse_loss`'s weighting itself is checked against a NumPy reference in test_losses.py.)"""
   c = tiny_config(data_dir)
   exp = experiment.build(c)
   state = experiment.init_state(exp.model, exp.tx, exp.info, jax.random.key(0))
@@ -85,7 +87,5 @@ def test_timestep_weights_from_the_config_weight_the_loss(data_dir):
                                                   lr_fn=experiment.learning_rate_fn(c), cfg=cfg))
     return float(fn(state, batch)[1]["loss"][0])
 
-  plain = loss(None)
-  assert plain > 0.1
+  assert loss(None) > 0.1
   assert loss((0.0,) * 50) == 0.0
-  np.testing.assert_allclose(loss((2.0,) * 50), 2 * plain, rtol=1e-5)
