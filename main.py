@@ -91,7 +91,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_keep)
-  run = {"train": train.train_and_evaluate, "sample": evaluate.sample, "eval": evaluate.evaluate_bpd}[FLAGS.mode]
+  run = {"train": train.train_and_evaluate, "sample": evaluate.sample, "eval": evaluate.evaluate}[FLAGS.mode]
   try:
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     run(FLAGS.config, FLAGS.workdir)

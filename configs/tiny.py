@@ -30,4 +30,5 @@ def get_config():
   c.eval.batch_size = 100
   c.eval.num_examples = 100
   c.eval.timesteps_per_call = 5
+  c.eval.quality_samples = 64
   return c

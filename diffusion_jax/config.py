@@ -23,6 +23,7 @@ MODELS = ("unet", "mlp")
 SAMPLERS = ("ancestral", "ddim")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 ON_NONFINITE = ("error", "skip")
+QUALITY_METRICS = ("auto", "inception", "classifier", "energy")
 
 
 def get(config: ml_collections.ConfigDict, key: str) -> Any:
@@ -61,15 +62,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for key in ["training.num_train_steps", "training.global_batch_size", "training.checkpoint_every_steps",
               "training.log_every_steps", "training.sample_every_steps", "training.steps_per_call",
               "training.max_checkpoints_to_keep", "diffusion.num_diffusion_steps", "sampling.num_samples",
-              "sampling.preview_samples", "sampling.batch_size", "eval.batch_size", "eval.timesteps_per_call"]:
+              "sampling.preview_samples", "sampling.batch_size", "eval.batch_size", "eval.timesteps_per_call",
+              "eval.kid_subsets", "eval.kid_subset_size"]:
     _require(config, key, pos_int, "a positive integer")
-  for key in ["training.warmup_steps", "eval.num_examples"]:
+  for key in ["training.warmup_steps", "eval.num_examples", "eval.quality_samples", "eval.quality_every_steps"]:
     _require(config, key, lambda v: is_int(v) and v >= 0, "a non-negative integer")
   for key in ["seed", "sampling.seed"]:
     _require(config, key, is_int, "an integer")
   k = config.training.steps_per_call
   for key in ["training.num_train_steps", "training.checkpoint_every_steps", "training.log_every_steps",
-              "training.sample_every_steps"]:
+              "training.sample_every_steps", "eval.quality_every_steps"]:
     _require(config, key, lambda v: v % k == 0, f"a multiple of training.steps_per_call = {k}")
   _require(config, "training.learning_rate", lambda v: _is_number(v) and v > 0, "a positive number")
   _require(config, "training.grad_clip_norm", lambda v: _is_number(v) and v >= 0,
@@ -84,6 +86,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(config, "training.timestep_weights", lambda v: v is None or weights_ok(v),
            f"None (uniform) or {T} non-negative numbers, one per diffusion step")
   _require(config, "model.name", lambda v: v in MODELS, ", ".join(MODELS))
+  _require(config, "eval.quality_metric", lambda v: v in QUALITY_METRICS, ", ".join(QUALITY_METRICS))
+  if config.eval.quality_every_steps and not config.eval.quality_samples:
+    raise ValueError(f"eval.quality_every_steps = {config.eval.quality_every_steps} needs eval.quality_samples > 0.")
   _require(config, "sampling.sampler", lambda v: v in SAMPLERS, ", ".join(SAMPLERS))
   _require(config, "sampling.num_steps", lambda v: v is None or (pos_int(v) and v <= T),
            f"None (all steps) or an integer in [1, diffusion.num_diffusion_steps = {T}]")

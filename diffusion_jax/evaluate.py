@@ -1,4 +1,4 @@
-"""`--mode sample` (compiled sampler over all devices -> PNG grid and .npz) and `--mode eval` (bits/dim).
+"""`--mode sample` (compiled sampler over all devices -> PNG grid and .npz) and `--mode eval` (bits/dim, quality).
 
 Both start from `experiment.build` and the latest checkpoint of the workdir,
 read-only; neither goes through the training loop.
@@ -19,6 +19,7 @@ from absl import logging
 from diffusion_jax import compiler, data, experiment, images, losses, parallel
 from diffusion_jax.experiment import Experiment, TrainState
 from diffusion_jax.logs import Progress
+from diffusion_jax.metrics import quality
 
 
 def _restore(config: ml_collections.ConfigDict, workdir: str) -> tuple[Experiment, TrainState, int]:
@@ -53,16 +54,57 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
   return stem + ".npz"
 
 
-def evaluate_bpd(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """`--mode eval`: bits/dim on `eval.split` (images), and the quality figure of `eval.quality_samples` samples.
+
+  Returns:
+    Dict with `bpd` (see `evaluate_bpd`; images only) and `quality` (see `evaluate_quality`; when
+    `eval.quality_samples` > 0).
+  """
+  exp, state, step = _restore(config, workdir)
+  scorer = None
+  if config.eval.quality_samples:
+    quality.check_quality_config(config, exp.info)  # before anything compiles
+    scorer = quality.Scorer(config, exp.info, exp.mesh)
+  result = {}
+  if exp.info.is_image:
+    result["bpd"] = evaluate_bpd(exp, state, step, workdir)
+  if scorer is not None:
+    result["quality"] = evaluate_quality(exp, state, step, workdir, scorer)
+  return result
+
+
+def evaluate_quality(exp: Experiment, state: TrainState, step: int, workdir: str,
+                     scorer: quality.Scorer) -> dict[str, Any]:
+  """`eval.quality_samples` samples (per `config.sampling`) scored against the train split, beside the
+  baseline; written to `quality_<step>.json`.
+
+  Returns:
+    Dict with `figures`, `baseline`, `metric`, `num_samples`.
+  """
+  config = exp.config
+  samples = experiment.Sampler(exp, config.sampling.batch_size)(
+      _params(state, config), scorer.num_samples, jax.random.key(config.sampling.seed), "quality samples")
+  figures = scorer.score(samples)
+  logging.info("Quality at step %d (%d samples, %s %s, %s parameters): %s", step, scorer.num_samples,
+               config.sampling.sampler, experiment.sampling_steps(config), "EMA" if config.sampling.use_ema else "raw",
+               scorer.report(figures))
+  if jax.process_index() == 0:
+    path = os.path.join(workdir, f"quality_{step:08d}.json")
+    scorer.write(path, figures, step=step, sampler=config.sampling.sampler,
+                 sampling_steps=experiment.sampling_steps(config), use_ema=config.sampling.use_ema)
+    logging.info("Wrote %s", path)
+  return {"figures": figures, "baseline": scorer.baseline, "metric": scorer.metric, "num_samples": scorer.num_samples}
+
+
+def evaluate_bpd(exp: Experiment, state: TrainState, step: int, workdir: str) -> dict[str, Any]:
   """The full variational bound on `eval.split` in bits/dim; written to `eval_<split>_<step>.json`.
 
   Returns:
     Dict with `bpd` (mean total), `prior_bpd`, `decoder_bpd` (L_0), `num_examples`,
     and `terms_bpd` (mean L_t for every t).
   """
-  exp, state, step = _restore(config, workdir)
-  if not exp.info.is_image:
-    raise ValueError(f"--mode eval computes bits/dim of images; data.dataset = {config.data.dataset!r} is not one.")
+  config = exp.config
   ec = config.eval
   params = _params(state, config)
   T = exp.schedule.num_steps

@@ -23,6 +23,7 @@ from diffusion_jax import compiler, data, experiment, images, parallel
 from diffusion_jax.checkpoint import Checkpointer
 from diffusion_jax.experiment import Experiment, TrainState
 from diffusion_jax.logs import MetricWriter, fmt_duration
+from diffusion_jax.metrics import quality
 from diffusion_jax.step import make_train_step
 
 
@@ -73,13 +74,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
     FloatingPointError: a non-finite loss or gradient with `training.on_nonfinite = 'error'`.
   """
   exp = experiment.build(config, workdir)
-  tc = config.training
+  tc, qc = config.training, config.eval
+  if qc.quality_every_steps:
+    quality.check_quality_config(config, exp.info)  # before anything compiles
   k = tc.steps_per_call
   os.makedirs(workdir, exist_ok=True)
   ckpt = Checkpointer(workdir, max_to_keep=tc.max_checkpoints_to_keep)
   state = restore_or_init(exp, ckpt)  # a mismatched checkpoint fails here, before any write
   step = int(parallel.host_value(state.step))
   _write_run_files(exp, workdir)
+  scorer = quality.Scorer(config, exp.info, exp.mesh) if qc.quality_every_steps else None
   step_fn = make_train_step(exp, state)
   preview = experiment.Sampler(exp, config.sampling.preview_samples)
   batches = data.iterate(data.train_batches(config), step // k)
@@ -132,13 +136,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       if step % tc.checkpoint_every_steps == 0 or step == tc.num_train_steps or stop:
         check(pending)
         ckpt.save(step, state, meta(), force=True)
-      if step % tc.sample_every_steps == 0 or step == tc.num_train_steps:  # every process takes part
-        samples = preview(state.ema_params, config.sampling.preview_samples,
-                          jax.random.fold_in(jax.random.key(config.seed + 1), step), f"preview at step {step}")
-        if jax.process_index() == 0:
+      last = step == tc.num_train_steps
+      grid = step % tc.sample_every_steps == 0 or last
+      score = scorer is not None and (step % qc.quality_every_steps == 0 or last)
+      if grid or score:  # one draw serves both; every process takes part
+        n = max(config.sampling.preview_samples if grid else 0, qc.quality_samples if score else 0)
+        samples = preview(state.ema_params, n, jax.random.fold_in(jax.random.key(config.seed + 1), step),
+                          f"{'preview' if grid else 'quality'} samples at step {step}")
+        if grid and jax.process_index() == 0:
           path = os.path.join(workdir, "samples", f"step_{step:08d}.png")
-          images.save_samples(samples, path, exp.info, config.data.dataset)
+          images.save_samples(samples[:config.sampling.preview_samples], path, exp.info, config.data.dataset)
           logging.info("Wrote %s", path)
+        if score:
+          figures = scorer.score(samples[:qc.quality_samples])
+          logging.info("Quality at step %d (%d EMA samples): %s", step, qc.quality_samples, scorer.report(figures))
+          writer.write(step, scorer.as_metrics(figures))
         last_time = time.time()  # the preview's time is not training time
       if stop:
         logging.warning("SIGTERM: saved step %d and stopping; re-run with the same --workdir to resume.", step)

@@ -18,6 +18,7 @@ def tiny_config(data_dir: str, **training):
   from configs import tiny
   c = tiny.get_config()
   c.data.data_dir = data_dir
+  c.eval.cache_dir = os.path.join(os.path.dirname(data_dir), "quality_cache")
   for k, v in training.items():
     c.training[k] = v
   return c

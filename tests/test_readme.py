@@ -53,8 +53,8 @@ def test_pip_extras_in_readme_exist():
   tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
   with open(os.path.join(helpers.ROOT, "pyproject.toml"), "rb") as f:
     extras = set(tomllib.load(f)["project"]["optional-dependencies"])
-  named = set(re.findall(r'pip install -e "\.\[(\w+)\]"', README))
-  assert {"test", "cuda12", "tpu", "tensorboard"} <= named
+  named = {e for group in re.findall(r'pip install -e "\.\[([\w,]+)\]"', README) for e in group.split(",")}
+  assert {"test", "cuda12", "tpu", "tensorboard", "reference"} <= named
   assert named <= extras
 
 

@@ -132,7 +132,8 @@ def test_sample_and_eval_modes(reference_run):
   samples = np.load(path)["samples"]
   assert samples.shape == (8, 8, 8, 1) and samples.dtype == np.uint8
   assert os.path.exists(path.replace(".npz", ".png"))
-  result = evaluate.evaluate_bpd(config, workdir)
+  both = evaluate.evaluate(config, workdir)
+  result = both["bpd"]
   assert result["num_examples"] == 100
   assert len(result["terms_bpd"]) == config.diffusion.num_diffusion_steps
   assert np.isfinite(result["bpd"]) and result["bpd"] > 0

@@ -1,0 +1,235 @@
+"""The quality figure of a run: its samples scored against the train split, beside a real-data baseline.
+
+Which figure depends on the data (`eval.quality_metric = 'auto'`):
+
+- `inception` (CIFAR-10; any image data on request): FID and KID of Inception-v3
+  pool features (`metrics.inception`) against the train split's statistics.
+- `classifier` (digits, MNIST, Fashion-MNIST): the same Frechet distance on the
+  features of a small classifier trained once on the train split ("dataset FID"),
+  the share of samples it classifies with probability >= 0.9, and the balance of
+  its predicted classes (entropy / log K: 1 is uniform).
+- `energy` (2-D toys): the energy distance to as many held-out points.
+
+Every figure comes with its baseline: the same figure for as many real examples
+of the test split (training points against the held-out ones, for the toys) as there
+are samples (all of the split where it has fewer, e.g. CIFAR-10's 10,000 against
+the FID's 50,000 samples: the log says how many), so that a number can be read: a
+model is as good as the data when it scores its baseline.
+The train split's statistics (and the classifier) are computed once and cached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from diffusion_jax import compiler, data, parallel
+from diffusion_jax import config as config_lib
+from diffusion_jax.logs import Progress
+from diffusion_jax.metrics import classifier, inception, stats
+
+METRICS = config_lib.QUALITY_METRICS
+CONFIDENT = 0.9  # a sample is confidently classified when the classifier's top probability reaches this
+_KID_REFERENCE = 5000  # train features kept for KID
+_BATCH = 64  # images per compiled feature call (times the device count)
+
+
+def resolve_metric(config: ml_collections.ConfigDict, info: data.DatasetInfo) -> str:
+  """`eval.quality_metric`, with `auto` resolved for the dataset; `ValueError` where it cannot apply."""
+  metric = config.eval.quality_metric
+  if metric not in METRICS:
+    raise ValueError(f"eval.quality_metric = {metric!r} is invalid; allowed: {', '.join(METRICS)}.")
+  if metric == "auto":
+    metric = "energy" if not info.is_image else "inception" if info.shape[-1] == 3 else "classifier"
+  if (metric == "energy") == info.is_image:
+    raise ValueError(f"eval.quality_metric = {metric!r} does not apply to data.dataset = {info.name!r}; "
+                     f"{'energy is for 2-D points' if info.is_image else 'use energy for 2-D points'}.")
+  if metric == "classifier" and not info.num_classes:
+    raise ValueError(f"eval.quality_metric = 'classifier' needs labels, and data.dataset = {info.name!r} has "
+                     "none; use 'inception'.")
+  return metric
+
+
+def feature_dim(metric: str) -> int:
+  return {"inception": inception.FEATURE_DIM, "classifier": classifier.FEATURE_DIM, "energy": 2}[metric]
+
+
+def check_quality_config(config: ml_collections.ConfigDict, info: data.DatasetInfo) -> str:
+  """Validates the `eval.quality_*` keys for `info` before anything compiles; returns the resolved metric.
+
+  Raises:
+    ValueError: a metric that does not apply, too few samples for the feature dimension.
+    FileNotFoundError: the inception metric without its weights file.
+  """
+  metric = resolve_metric(config, info)
+  if metric == "inception":
+    inception.check_weights_path(config.eval.inception_weights)
+  n = config.eval.quality_samples
+  dim = feature_dim(metric)
+  if metric != "energy" and n <= dim:
+    raise ValueError(
+        f"eval.quality_samples = {n} is too few for the {dim}-dimensional {metric} features: their covariance "
+        f"would be singular and the Frechet distance would mostly measure the sample size, not the model. Use "
+        f"more than {dim} (the FID standard is 50,000).")
+  return metric
+
+
+@dataclasses.dataclass
+class Reference:
+  """What samples are compared with: the train split's feature statistics, and real test examples."""
+
+  metric: str
+  mean: np.ndarray | None = None
+  cov: np.ndarray | None = None
+  features: np.ndarray | None = None  # train features for KID, or held-out points for `energy`
+
+
+def _to_uint8(x: np.ndarray) -> np.ndarray:
+  return data.to_uint8(x) if x.dtype != np.uint8 else x
+
+
+class Scorer:
+  """Scores batches of samples of one run's data against its train split (built once, caches on disk).
+
+  Args:
+    config: the experiment config (`eval.*` keys, `data.*`).
+    info: the dataset.
+    mesh: the device mesh the feature network's batch is sharded over.
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, info: data.DatasetInfo, mesh: jax.sharding.Mesh):
+    self.config, self.info, self.mesh = config, info, mesh
+    self.metric = check_quality_config(config, info)
+    self.num_samples = config.eval.quality_samples
+    self.cache_dir = config.eval.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "diffusion_jax")
+    self._features = self._feature_fn()
+    self.reference = self._reference()
+    real = self._real_test()
+    self.baseline_samples = len(real)  # fewer than num_samples only where the test split is smaller
+    self.baseline = self.score(real, label="baseline (test split)")
+
+  # ------------------------------------------------------------------ features
+
+  def _feature_fn(self) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]] | None:
+    """uint8 images -> (features, logits or None), batched and sharded over the mesh."""
+    if self.metric == "energy":
+      return None
+    if self.metric == "inception":
+      params = inception.load_params(self.config.eval.inception_weights, self.cache_dir)
+      fn = lambda p, x: (inception.features(p, x), jnp.zeros((x.shape[0], 0)))
+    else:
+      images, labels = self._split_arrays("train")
+      path = os.path.join(self.cache_dir, f"classifier-{self._data_id()}-v{classifier.VERSION}.npz")
+      params = classifier.load_or_train(path, images, labels, self.info.num_classes)
+      k = self.info.num_classes
+      fn = lambda p, x: tuple(reversed(classifier.apply(p, k, x)))
+    sharding = parallel.batch_sharding(self.mesh)
+    jitted = compiler.jit(fn, in_shardings=(parallel.replicated(self.mesh), sharding))
+    batch = _BATCH * jax.device_count()
+    progress = Progress()
+
+    def features(images: np.ndarray, label: str = "features") -> tuple[np.ndarray, np.ndarray | None]:
+      n = len(images)
+      progress.start(f"{self.metric} {label}", n, unit="images")
+      feats, logits = [], []
+      for start in range(0, n, batch):
+        chunk = images[start:start + batch]
+        padded = np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]), np.uint8)])
+        f, lg = jitted(params, jax.device_put(padded, sharding))
+        feats.append(parallel.gather(f)[:len(chunk)])
+        logits.append(parallel.gather(lg)[:len(chunk)])
+        progress.update(start + len(chunk))
+      return np.concatenate(feats).astype(np.float64), np.concatenate(logits).astype(np.float64)
+
+    return features
+
+  # ------------------------------------------------------------------ data
+
+  def _data_id(self) -> str:
+    where = os.path.abspath(os.path.expanduser(self.config.data.data_dir or "~/tensorflow_datasets"))
+    return f"{self.info.name}-{hashlib.sha1(where.encode()).hexdigest()[:8]}"
+
+  def _split_arrays(self, split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    source = data.image_source(self.info.name, split, self.config.data.data_dir)
+    n = len(source) if limit is None else min(limit, len(source))
+    examples = [source[i] for i in range(n)]
+    images = np.stack([np.asarray(e["image"], np.uint8) for e in examples])
+    labels = np.array([int(e["label"]) for e in examples]) if "label" in examples[0] else None
+    return images, labels
+
+  def _real_test(self) -> np.ndarray:
+    """As many held-out real examples as there are samples (all of the split if it has fewer)."""
+    if self.metric == "energy":  # training points: real, and independent of the held-out reference
+      return data.toy_points(self.info.name, "train")[:self.num_samples]
+    return self._split_arrays(self.config.eval.split, self.num_samples)[0]
+
+  def _reference(self) -> Reference:
+    if self.metric == "energy":
+      return Reference("energy", features=data.toy_points(self.info.name, "test"))
+    tag = inception.PARAMS_SHA256[:12] if self.metric == "inception" else f"v{classifier.VERSION}"
+    path = os.path.join(self.cache_dir, f"reference-{self._data_id()}-{self.metric}-{tag}.npz")
+    if os.path.exists(path):
+      with np.load(path) as f:
+        return Reference(self.metric, f["mean"], f["cov"], f["features"])
+    images, _ = self._split_arrays("train")
+    feats, _ = self._features(images, "features of the train split (once; cached)")
+    running = stats.RunningStats(feats.shape[1]).update(feats)
+    keep = np.random.default_rng(0).permutation(len(feats))[:_KID_REFERENCE]
+    ref = Reference(self.metric, running.mean, running.cov, feats[keep])
+    os.makedirs(self.cache_dir, exist_ok=True)
+    tmp = path + ".tmp.npz"
+    np.savez(tmp, mean=ref.mean, cov=ref.cov, features=ref.features)
+    os.replace(tmp, path)  # complete or absent
+    return ref
+
+  # ------------------------------------------------------------------ scores
+
+  def score(self, samples: np.ndarray, label: str = "samples") -> dict[str, float]:
+    """The figures of `samples` (images in [-1, 1] or uint8, or points) against the reference.
+
+    Returns:
+      `{energy_distance}`, `{fid, kid, kid_std}` or `{dataset_fid, confident_share, class_balance}`.
+    """
+    if self.metric == "energy":
+      return {"energy_distance": stats.energy_distance(samples, self.reference.features[:len(samples)])}
+    feats, logits = self._features(_to_uint8(np.asarray(samples)), label)
+    running = stats.RunningStats(feats.shape[1]).update(feats)
+    fd = stats.frechet_distance(running.mean, running.cov, self.reference.mean, self.reference.cov)
+    if self.metric == "inception":
+      ec = self.config.eval
+      kid, kid_std = stats.kid(feats, self.reference.features, num_subsets=ec.kid_subsets,
+                               subset_size=ec.kid_subset_size)
+      return {"fid": fd, "kid": kid, "kid_std": kid_std}
+    probs = jax.nn.softmax(logits, axis=-1)
+    counts = np.bincount(np.argmax(probs, -1), minlength=self.info.num_classes) / len(probs)
+    entropy = -np.sum(counts * np.log(np.where(counts > 0, counts, 1.0)))
+    return {"dataset_fid": fd, "confident_share": float(np.mean(np.max(probs, -1) >= CONFIDENT)),
+            "class_balance": float(entropy / np.log(self.info.num_classes))}
+
+  def report(self, figures: dict[str, float]) -> str:
+    """`fid 12.3, ... (real data, 297 test examples: fid 1.2, ...)` for a log line."""
+    shown = [k for k in figures if k != "kid_std"]
+    return (", ".join(f"{k} {figures[k]:.4g}" for k in shown) + f" (real data, {self.baseline_samples} held-out "
+            f"examples: " + ", ".join(f"{k} {self.baseline[k]:.4g}" for k in shown) + ")")
+
+  def as_metrics(self, figures: dict[str, float]) -> dict[str, float]:
+    """`quality/<figure>` and `quality/<figure>_baseline`, for metrics.jsonl and TensorBoard."""
+    out = {f"quality/{k}": float(v) for k, v in figures.items()}
+    out.update({f"quality/{k}_baseline": float(v) for k, v in self.baseline.items()})
+    return out
+
+  def write(self, path: str, figures: dict[str, float], **extra: Any) -> None:
+    """The figures, their baselines and `extra` as JSON."""
+    with open(path, "w") as f:
+      json.dump({"metric": self.metric, "num_samples": self.num_samples, "figures": figures,
+                 "baseline": self.baseline, "baseline_samples": self.baseline_samples, **extra}, f, indent=2)
+
