@@ -32,7 +32,7 @@ def test_first_run_prepares_digits_and_reports_progress(fresh_run):
   assert "Prepared the built-in digits dataset" in out
   assert "Compiling the train step" in out
   assert re.search(r"step 8/8 .* ETA 0:00:00", out)
-  assert re.search(r"preview at step 8 \(8 samples, 50 steps each\): 50/50 steps \(100%\), .* ETA 0:00:00", out)
+  assert re.search(r"preview samples at step 8 \(8 samples, 50 steps each\): 50/50 steps \(100%\), .* ETA 0:00:00", out)
   assert "points/s" not in out and "images/s" in out
 
 
