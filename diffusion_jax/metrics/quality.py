@@ -144,7 +144,8 @@ class Scorer:
       for start in range(0, n, batch):
         chunk = images[start:start + batch]
         padded = np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]), np.uint8)])
-        f, lg = jitted(params, jax.device_put(padded, sharding))
+        # Every host holds all the images; each places its devices' shards (also across hosts).
+        f, lg = jitted(params, jax.make_array_from_callback(padded.shape, sharding, lambda index: padded[index]))
         feats.append(parallel.gather(f)[:len(chunk)])
         logits.append(parallel.gather(lg)[:len(chunk)])
         progress.update(start + len(chunk))
