@@ -2,9 +2,11 @@
 
     python main.py --config configs/digits.py --workdir workdirs/digits
 
-Expected on 2 CPU cores: about 5 minutes (3000 steps at ~12.5 steps/s), a final loss near 0.08, and
-workdirs/digits/samples/step_00003000.png showing recognisable digits (ancestral
-sampling, 1000 steps, EMA parameters).
+Expected on 2 CPU cores: about 5.5 minutes (3000 steps at ~13 steps/s, then 297 samples: ancestral
+sampling, 1000 steps, EMA parameters), a final loss near 0.08, recognisable digits in
+workdirs/digits/samples/step_00003000.png, and a last line with the quality of the samples
+beside the real test digits' (measured on an Intel Xeon: dataset FID 1.28 vs 1.71, confidently
+classified 0.72 vs 0.84, class balance 0.996 vs 0.995).
 """
 
 from configs import default

@@ -145,7 +145,8 @@ class Scorer:
         chunk = images[start:start + batch]
         padded = np.concatenate([chunk, np.zeros((batch - len(chunk), *chunk.shape[1:]), np.uint8)])
         # Every host holds all the images; each places its devices' shards (also across hosts).
-        f, lg = jitted(params, jax.make_array_from_callback(padded.shape, sharding, lambda index: padded[index]))
+        placed = jax.make_array_from_callback(padded.shape, sharding, padded.__getitem__)
+        f, lg = jitted(params, placed)
         feats.append(parallel.gather(f)[:len(chunk)])
         logits.append(parallel.gather(lg)[:len(chunk)])
         progress.update(start + len(chunk))
