@@ -9,7 +9,7 @@ import pytest
 import helpers
 
 RUNTIME = ["config", "experiment", "step", "train", "evaluate", "data", "parallel", "checkpoint", "logs", "images",
-           "compiler"]
+           "compiler", "metrics.quality", "metrics.classifier"]
 MATH = ["schedules", "diffusion", "losses", "sampling", "checks", "models.unet", "models.mlp", "models.layers"]
 
 
@@ -30,9 +30,10 @@ def test_the_math_imports_nothing_of_the_runtime(name):
   assert not any(m.startswith(("orbax", "tensorflow_datasets", "grain", "optax")) for m in loaded)
 
 
-def test_sample_and_eval_never_import_the_training_loop():
-  loaded = _loaded_after("diffusion_jax.evaluate")
-  assert "diffusion_jax.experiment" in loaded
+@pytest.mark.parametrize("name", ["diffusion_jax.evaluate", "diffusion_jax.metrics.quality"])
+def test_sample_eval_and_metrics_never_import_the_training_loop(name):
+  loaded = _loaded_after(name)
+  assert "diffusion_jax.data" in loaded
   assert not loaded & {"diffusion_jax.train", "diffusion_jax.step"}
 
 

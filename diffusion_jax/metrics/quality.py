@@ -60,6 +60,7 @@ def resolve_metric(config: ml_collections.ConfigDict, info: data.DatasetInfo) ->
 
 
 def feature_dim(metric: str) -> int:
+  """The dimension of the features `metric` compares (2 for points)."""
   return {"inception": inception.FEATURE_DIM, "classifier": classifier.FEATURE_DIM, "energy": 2}[metric]
 
 
