@@ -22,4 +22,7 @@ def get_config():
   c.training.ema_decay = 0.9995
   c.training.checkpoint_every_steps = 5000
   c.training.sample_every_steps = 10_000
+  # Dataset FID, confident share and class balance of a classifier trained once on the train split.
+  c.eval.quality_samples = 1000
+  c.eval.quality_every_steps = 10_000
   return c

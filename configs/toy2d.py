@@ -3,7 +3,10 @@
     python main.py --config configs/toy2d.py --workdir workdirs/toy2d
     python main.py --config configs/toy2d.py --workdir workdirs/moons --config.data.dataset=two_moons
 
-Writes workdirs/toy2d/samples/step_00004000.png: 2000 samples (red) over held-out data (grey).
+Writes workdirs/toy2d/samples/step_00004000.png: 2000 samples (red) over held-out data (grey), and
+ends with the energy distance of those samples to 2000 held-out points beside two real draws'.
+Measured on 2 cores of an Intel Xeon: swiss roll 41 s, 0.0028 (real data: 0.0018); two moons 40 s,
+0.0020 (real data: 0.0017).
 """
 
 from configs import default
@@ -28,4 +31,7 @@ def get_config():
   c.sampling.num_samples = 2000
   c.sampling.batch_size = 2000
   c.sampling.preview_samples = 2000
+  # The energy distance of the final 2000 samples to held-out points, beside two real draws' (training points).
+  c.eval.quality_samples = 2000
+  c.eval.quality_every_steps = 4000
   return c

@@ -109,7 +109,7 @@ def load_or_train(path: str, images: np.ndarray, labels: np.ndarray, num_classes
   logging.info("Training the feature classifier on %d images (once; cached at %s).", len(labels), path)
   params = train(images, labels, num_classes)
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = path + ".tmp.npz"
+  tmp = f"{path}.{os.getpid()}.tmp.npz"
   np.savez(tmp, **_flat(params))
   os.replace(tmp, path)  # complete or absent
   return params

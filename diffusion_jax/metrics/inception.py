@@ -400,7 +400,7 @@ def load_params(path: str | None, cache_dir: str | None = None, *, key: str = "e
   os.makedirs(cache_dir, exist_ok=True)
   out = os.path.join(cache_dir, f"inception-2015-12-05-{digest[:12]}.npz")
   if not os.path.exists(out):
-    tmp = out + ".tmp.npz"
+    tmp = f"{out}.{os.getpid()}.tmp.npz"
     np.savez(tmp, **flatten(params))
     os.replace(tmp, out)  # complete or absent
   return params

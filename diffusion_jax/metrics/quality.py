@@ -133,6 +133,7 @@ class Scorer:
       params = classifier.load_or_train(path, images, labels, self.info.num_classes)
       k = self.info.num_classes
       fn = lambda p, x: tuple(reversed(classifier.apply(p, k, x)))
+    self.network_id = inception.params_hash(params)[:12]  # names the cached statistics of these weights
     sharding = parallel.batch_sharding(self.mesh)
     jitted = compiler.jit(fn, in_shardings=(parallel.replicated(self.mesh), sharding))
     batch = _BATCH * jax.device_count()
@@ -178,8 +179,7 @@ class Scorer:
   def _reference(self) -> Reference:
     if self.metric == "energy":
       return Reference("energy", features=data.toy_points(self.info.name, "test"))
-    tag = inception.PARAMS_SHA256[:12] if self.metric == "inception" else f"v{classifier.VERSION}"
-    path = os.path.join(self.cache_dir, f"reference-{self._data_id()}-{self.metric}-{tag}.npz")
+    path = os.path.join(self.cache_dir, f"reference-{self._data_id()}-{self.metric}-{self.network_id}.npz")
     if os.path.exists(path):
       with np.load(path) as f:
         return Reference(self.metric, f["mean"], f["cov"], f["features"])
@@ -189,7 +189,7 @@ class Scorer:
     keep = np.random.default_rng(0).permutation(len(feats))[:_KID_REFERENCE]
     ref = Reference(self.metric, running.mean, running.cov, feats[keep])
     os.makedirs(self.cache_dir, exist_ok=True)
-    tmp = path + ".tmp.npz"
+    tmp = f"{path}.{os.getpid()}.tmp.npz"
     np.savez(tmp, mean=ref.mean, cov=ref.cov, features=ref.features)
     os.replace(tmp, path)  # complete or absent
     return ref
