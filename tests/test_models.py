@@ -224,3 +224,27 @@ def test_mlp_denoiser():
   assert not np.allclose(out, model.apply(variables, x, t + 100))
   with pytest.raises(ValueError, match="shape"):
     model.apply(variables, x, t[:2])
+
+
+def test_mlp_denoiser_equals_a_numpy_forward_pass():
+  """Random (not initial) parameters, so that every branch counts; float64 NumPy reference of the residual MLP:
+  temb = D0(swish(D1(emb(t)))); h = D2(x); h += D_out(swish(D_in(swish(h + temb)))) per layer; out = D7(swish(h))."""
+  model = MLPDenoiser(hidden=16, num_layers=2)
+  x = np.random.default_rng(0).normal(size=(5, 2)).astype(np.float32)
+  t = np.array([0, 3, 17, 400, 999])
+  shapes = model.init(jax.random.key(0), jnp.asarray(x), jnp.asarray(t))["params"]
+  leaves, tree = jax.tree.flatten(shapes)
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  params = jax.tree.unflatten(tree, [0.5 * jax.random.normal(k, a.shape) for k, a in zip(keys, leaves)])
+  p = {name: (np.asarray(v["kernel"], np.float64), np.asarray(v["bias"], np.float64)) for name, v in params.items()}
+  dense = lambda name, h: h @ p[name][0] + p[name][1]
+  swish = lambda h: h / (1 + np.exp(-h))
+  freqs = np.exp(-np.log(10000.0) / 7 * np.arange(8))
+  emb = np.concatenate([np.sin(t[:, None] * freqs), np.cos(t[:, None] * freqs)], 1)
+  temb = dense("Dense_0", swish(dense("Dense_1", emb)))
+  h = dense("Dense_2", x.astype(np.float64))
+  for outer, inner in [("Dense_3", "Dense_4"), ("Dense_5", "Dense_6")]:
+    h = h + dense(outer, swish(dense(inner, swish(h + temb))))
+  want = dense("Dense_7", swish(h))
+  got = jax.jit(model.apply)({"params": params}, jnp.asarray(x), jnp.asarray(t))
+  np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())

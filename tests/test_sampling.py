@@ -173,3 +173,18 @@ def test_learned_range_and_other_mean_types_sample():
 def test_bad_input_raises(call, match):
   with pytest.raises(ValueError, match=match):
     call()
+
+
+@pytest.mark.parametrize("clip", [True, False])
+def test_ddim_clips_the_predicted_x0_when_asked(clip):
+  """At its last step DDIM returns the predicted x_0 itself (abar = 1 after it): a model predicting x_0 = 5
+  ends at 1 with clipping and at 5 without, for the x_0 and the eps parameterisations."""
+  shape = (4, 3)
+  for mean_type, model in [("xstart", lambda x, t: jnp.full_like(x, 5.0)),
+                           ("eps", lambda x, t: jnp.zeros_like(x))]:
+    out = sampling.ddim_sample(model, SCHED, shape, jax.random.key(0), num_steps=10, model_mean_type=mean_type,
+                               clip_denoised=clip)
+    if mean_type == "xstart":
+      np.testing.assert_allclose(out, np.full(shape, 1.0 if clip else 5.0), rtol=1e-6)
+    else:  # eps = 0: x_0 = x_T / sqrt(abar_T), ~150 x_T; clipped it cannot leave [-1, 1]
+      assert (np.abs(out) <= 1.0).all() if clip else (np.abs(out) > 1.0).any()
