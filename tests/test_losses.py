@@ -157,3 +157,21 @@ def test_variational_bound_chunking_is_exact():
   np.testing.assert_allclose(a.terms_bpd, b.terms_bpd, rtol=1e-5)
   with pytest.raises(ValueError, match="timesteps_per_call"):
     run(3)
+
+
+def test_hybrid_loss_bound_term_has_the_t_over_1000_scale():
+  """L_hybrid = L_simple + (T / 1000) L_vlb (Nichol & Dhariwal's lambda = 0.001 at T = 4000): at T = 2000
+  the bound term is twice the bits/dim of the same output's L_t."""
+  T = 2000
+  sched = schedules.make_schedule(schedules.get_beta_schedule("cosine", num_diffusion_steps=T))
+  rng = np.random.default_rng(0)
+  x0 = jnp.asarray(rng.uniform(-1, 1, (6, 4, 4, 2)), jnp.float32)
+  noise = jnp.asarray(rng.normal(size=x0.shape), jnp.float32)
+  t = jnp.array([0, 1, 10, 500, 1500, 1999])
+  model = lambda x, t: jnp.concatenate([0.5 * x, jnp.tanh(x)], -1)
+  terms = losses.training_losses(model, sched, x0, t, noise, model_var_type="learned_range")
+  x_t = diffusion.q_sample(sched, x0, t, noise)
+  bound, _ = losses.vlb_term_bpd(sched, model(x_t, t), x0, x_t, t, model_var_type="learned_range",
+                                 clip_denoised=False)
+  np.testing.assert_allclose(terms["vlb"], 2.0 * bound, rtol=1e-5)
+  np.testing.assert_allclose(terms["loss"], terms["mse"] + terms["vlb"], rtol=1e-6)
