@@ -140,3 +140,19 @@ def test_sample_and_eval_modes(reference_run):
   assert result["bpd"] == pytest.approx(result["prior_bpd"] + sum(result["terms_bpd"]), rel=1e-5)
   with open(os.path.join(workdir, "eval_test_00000008.json")) as f:
     assert json.load(f)["bpd"] == result["bpd"]
+
+
+@pytest.mark.parametrize("use_ema", [True, False])
+def test_sample_mode_uses_the_parameters_it_is_told_to(reference_run, use_ema):
+  """`--mode sample` draws with the EMA parameters when sampling.use_ema, else with the raw ones: its images are
+  those of the sampler run on exactly those parameters (and not on the others)."""
+  config, workdir, state = reference_run
+  c = _config(config.data.data_dir)
+  c.sampling.use_ema = use_ema
+  images = np.load(evaluate.sample(c, workdir))["samples"]
+  exp = experiment.build(c)
+  draw = lambda params: data.to_uint8(experiment.Sampler(exp, c.sampling.batch_size)(
+      params, c.sampling.num_samples, jax.random.key(c.sampling.seed)))
+  chosen, other = (state.ema_params, state.params) if use_ema else (state.params, state.ema_params)
+  np.testing.assert_array_equal(images, draw(chosen))
+  assert not np.array_equal(images, draw(other))
