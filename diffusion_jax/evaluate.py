@@ -29,10 +29,6 @@ def _restore(config: ml_collections.ConfigDict, workdir: str) -> tuple[Experimen
   return exp, state, step
 
 
-def _params(state: TrainState, config: ml_collections.ConfigDict) -> Any:
-  return state.ema_params if config.sampling.use_ema else state.params
-
-
 def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
   """Draws `sampling.num_samples` from the latest checkpoint; writes `samples_<step>.png` and `.npz`.
 
@@ -43,7 +39,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
   sc = config.sampling
   logging.info("Sampling %d from step %d (%s, %s parameters); compiling the sampler...", sc.num_samples, step,
                sc.sampler, "EMA" if sc.use_ema else "raw")
-  samples = experiment.Sampler(exp, sc.batch_size)(_params(state, config), sc.num_samples,
+  samples = experiment.Sampler(exp, sc.batch_size)(experiment.sampling_params(state, config), sc.num_samples,
                                                    jax.random.key(sc.seed))
   stem = os.path.join(workdir, f"samples_{step:08d}")
   if jax.process_index() == 0:
@@ -83,8 +79,9 @@ def evaluate_quality(exp: Experiment, state: TrainState, step: int, workdir: str
     Dict with `figures`, `baseline`, `metric`, `num_samples`.
   """
   config = exp.config
-  samples = experiment.Sampler(exp, config.sampling.batch_size)(
-      _params(state, config), scorer.num_samples, jax.random.key(config.sampling.seed), "quality samples")
+  draw = experiment.Sampler(exp, config.sampling.batch_size)
+  samples = draw(experiment.sampling_params(state, config), scorer.num_samples, jax.random.key(config.sampling.seed),
+                 "quality samples")
   figures = scorer.score(samples)
   logging.info("Quality at step %d (%d samples, %s %s, %s parameters): %s", step, scorer.num_samples,
                config.sampling.sampler, experiment.sampling_steps(config), "EMA" if config.sampling.use_ema else "raw",
@@ -106,7 +103,7 @@ def evaluate_bpd(exp: Experiment, state: TrainState, step: int, workdir: str) ->
   """
   config = exp.config
   ec = config.eval
-  params = _params(state, config)
+  params = experiment.sampling_params(state, config)
   T = exp.schedule.num_steps
   progress = Progress()
 

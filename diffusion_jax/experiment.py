@@ -89,6 +89,11 @@ def init_state(model: nn.Module, tx: optax.GradientTransformation, info: data.Da
                     opt_state=tx.init(params), skipped_steps=jnp.zeros((), jnp.int32))
 
 
+def sampling_params(state: TrainState, config: ml_collections.ConfigDict) -> Any:
+  """The EMA parameters if `config.sampling.use_ema` (the default), else the raw ones."""
+  return state.ema_params if config.sampling.use_ema else state.params
+
+
 def model_fn(model: nn.Module, params: Any, *, train: bool = False,
              dropout_key: jax.Array | None = None) -> diffusion.ModelFn:
   """`(x_t, t) -> model output` for the diffusion functions."""
@@ -256,8 +261,8 @@ class Run:
 
   @property
   def params(self) -> Any:
-    """The EMA parameters if `config.sampling.use_ema` (the default), else the raw ones."""
-    return self.state.ema_params if self.config.sampling.use_ema else self.state.params
+    """The parameters sampling uses: `sampling_params(state, config)`."""
+    return sampling_params(self.state, self.config)
 
   def model_fn(self) -> diffusion.ModelFn:
     """`(x_t, t) -> network output` with `params`, for the library's diffusion functions."""

@@ -10,6 +10,7 @@ file is the network a re-run would train.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -95,9 +96,13 @@ def _flat(tree: Any) -> dict[str, np.ndarray]:
   return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
-def load_or_train(path: str, images: np.ndarray, labels: np.ndarray, num_classes: int) -> Any:
-  """The classifier cached at `path` (`.npz`), or one trained on (`images`, `labels`) and written there first."""
-  template = Classifier(num_classes).init(jax.random.key(0), jnp.zeros((1, *images.shape[1:]), jnp.float32))["params"]
+def load_or_train(path: str, image_shape: tuple[int, ...], num_classes: int,
+                  train_data: Callable[[], tuple[np.ndarray, np.ndarray]]) -> Any:
+  """The classifier cached at `path` (`.npz`), or one trained on `train_data()` (images, labels), written there first.
+
+  `train_data` is called only when there is no valid cached classifier.
+  """
+  template = Classifier(num_classes).init(jax.random.key(0), jnp.zeros((1, *image_shape), jnp.float32))["params"]
   if os.path.exists(path):
     with np.load(path) as f:
       stored = dict(f)
@@ -106,6 +111,7 @@ def load_or_train(path: str, images: np.ndarray, labels: np.ndarray, num_classes
       leaves = [stored[jax.tree_util.keystr(p)] for p, _ in jax.tree_util.tree_flatten_with_path(template)[0]]
       return jax.tree.unflatten(jax.tree.structure(template), leaves)
     logging.warning("Ignoring %s: not a classifier for this dataset; training a new one.", path)
+  images, labels = train_data()
   logging.info("Training the feature classifier on %d images (once; cached at %s).", len(labels), path)
   params = train(images, labels, num_classes)
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

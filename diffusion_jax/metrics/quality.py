@@ -21,6 +21,7 @@ The train split's statistics (and the classifier) are computed once and cached.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -86,9 +87,8 @@ def check_quality_config(config: ml_collections.ConfigDict, info: data.DatasetIn
 
 @dataclasses.dataclass
 class Reference:
-  """What samples are compared with: the train split's feature statistics, and real test examples."""
+  """What samples are compared with: the train split's feature statistics (or held-out points)."""
 
-  metric: str
   mean: np.ndarray | None = None
   cov: np.ndarray | None = None
   features: np.ndarray | None = None  # train features for KID, or held-out points for `energy`
@@ -112,6 +112,8 @@ class Scorer:
     self.metric = check_quality_config(config, info)
     self.num_samples = config.eval.quality_samples
     self.cache_dir = config.eval.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "diffusion_jax")
+    # The train split's images and labels, read on first need (the classifier, the statistics), then kept.
+    self._train_split = functools.cache(lambda: self._split_arrays("train"))
     self._features = self._feature_fn()
     self.reference = self._reference()
     real = self._real_test()
@@ -128,9 +130,8 @@ class Scorer:
       params = inception.load_params(self.config.eval.inception_weights, self.cache_dir)
       fn = lambda p, x: (inception.features(p, x), jnp.zeros((x.shape[0], 0)))
     else:
-      images, labels = self._split_arrays("train")
       path = os.path.join(self.cache_dir, f"classifier-{self._data_id()}-v{classifier.VERSION}.npz")
-      params = classifier.load_or_train(path, images, labels, self.info.num_classes)
+      params = classifier.load_or_train(path, self.info.shape, self.info.num_classes, self._train_split)
       k = self.info.num_classes
       fn = lambda p, x: tuple(reversed(classifier.apply(p, k, x)))
     self.network_id = inception.params_hash(params)[:12]  # names the cached statistics of these weights
@@ -178,16 +179,16 @@ class Scorer:
 
   def _reference(self) -> Reference:
     if self.metric == "energy":
-      return Reference("energy", features=data.toy_points(self.info.name, "test"))
+      return Reference(features=data.toy_points(self.info.name, "test"))
     path = os.path.join(self.cache_dir, f"reference-{self._data_id()}-{self.metric}-{self.network_id}.npz")
     if os.path.exists(path):
       with np.load(path) as f:
-        return Reference(self.metric, f["mean"], f["cov"], f["features"])
-    images, _ = self._split_arrays("train")
+        return Reference(f["mean"], f["cov"], f["features"])
+    images, _ = self._train_split()
     feats, _ = self._features(images, "features of the train split (once; cached)")
     running = stats.RunningStats(feats.shape[1]).update(feats)
     keep = np.random.default_rng(0).permutation(len(feats))[:_KID_REFERENCE]
-    ref = Reference(self.metric, running.mean, running.cov, feats[keep])
+    ref = Reference(running.mean, running.cov, feats[keep])
     os.makedirs(self.cache_dir, exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp.npz"
     np.savez(tmp, mean=ref.mean, cov=ref.cov, features=ref.features)
