@@ -1,7 +1,10 @@
 """Train, sample from, or evaluate a DDPM.
 
-    python main.py --config configs/digits.py --workdir workdirs/digits [--mode train|sample|eval]
+    python main.py --config configs/digits.py --workdir workdirs/digits [--mode train|sample|eval|export]
         [--config.training.num_train_steps=1000 ...]
+
+The published DDPM checkpoints (diffusers format, downloaded by you) sample and evaluate with
+their config: python main.py --config configs/ddpm_cifar10_32.py --config.pretrained=PATH --workdir W --mode sample
 
 Any key of the config can be set with --config.KEY=VALUE; every key, its default and
 its meaning are in configs/default.py. Training resumes from the latest checkpoint
@@ -32,7 +35,9 @@ config_flags.DEFINE_config_file(
     "--config.training.num_train_steps=1000; every key, its default and its meaning: configs/default.py.",
     lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
-flags.DEFINE_enum("mode", "train", ["train", "sample", "eval"], "What to do.")
+flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "export"],
+                  "What to do; export writes the latest checkpoint as a diffusers-format directory.")
+flags.DEFINE_string("export_dir", None, "--mode export: where to write (default: <workdir>/diffusers).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
@@ -91,7 +96,8 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_keep)
-  run = {"train": train.train_and_evaluate, "sample": evaluate.sample, "eval": evaluate.evaluate}[FLAGS.mode]
+  run = {"train": train.train_and_evaluate, "sample": evaluate.sample, "eval": evaluate.evaluate,
+         "export": lambda config, workdir: evaluate.export(config, workdir, FLAGS.export_dir)}[FLAGS.mode]
   try:
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     run(FLAGS.config, FLAGS.workdir)

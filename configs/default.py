@@ -11,6 +11,10 @@ from ml_collections import config_dict
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.seed = 0  # parameters, noise, timesteps, dropout and data order all follow from it
+  # A diffusers-format directory (UNet2DModel + DDPMScheduler, e.g. google/ddpm-cifar10-32 as downloaded):
+  # --mode sample/eval use its weights instead of the workdir's checkpoint, and --mode train starts from them.
+  # Its layout and schedule must be the config's (configs/ddpm_*.py are made for the published ones).
+  c.pretrained = config_dict.placeholder(str)
 
   c.data = ml_collections.ConfigDict()
   c.data.dataset = "digits"  # digits (built in), mnist, fashion_mnist, cifar10 (TFDS), swiss_roll, two_moons (2-D)

@@ -105,6 +105,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"data.dataset = {config.data.dataset!r} is 2-D points; it needs model.name = 'mlp'.")
   if config.data.dataset in data.IMAGE_DATASETS and config.model.name != "unet":
     raise ValueError(f"data.dataset = {config.data.dataset!r} is images; it needs model.name = 'unet'.")
+  if config.pretrained is not None:
+    if config.model.name != "unet":
+      raise ValueError(f"pretrained = {config.pretrained!r} holds a UNet; it needs model.name = 'unet', "
+                       f"not {config.model.name!r}.")
+    if not os.path.isdir(config.pretrained):
+      raise FileNotFoundError(f"pretrained = {config.pretrained!r}: no such directory.")
   make_betas(config)
 
 

@@ -1,7 +1,9 @@
-"""`--mode sample` (compiled sampler over all devices -> PNG grid and .npz) and `--mode eval` (bits/dim, quality).
+"""`--mode sample` (compiled sampler over all devices -> PNG grid and .npz), `--mode eval` (bits/dim, quality)
+and `--mode export` (the parameters as a diffusers-format directory).
 
-Both start from `experiment.build` and the latest checkpoint of the workdir,
-read-only; neither goes through the training loop.
+All start from `experiment.build` and the latest checkpoint of the workdir,
+read-only, or (sample and eval) from the diffusers-format directory
+`config.pretrained`; none goes through the training loop.
 """
 
 from __future__ import annotations
@@ -17,37 +19,82 @@ import numpy as np
 from absl import logging
 
 from diffusion_jax import compiler, data, experiment, images, losses, parallel
-from diffusion_jax.experiment import Experiment, TrainState
+from diffusion_jax.experiment import Experiment
 from diffusion_jax.logs import Progress
 from diffusion_jax.metrics import quality
 
 
-def _restore(config: ml_collections.ConfigDict, workdir: str) -> tuple[Experiment, TrainState, int]:
-  """Validated experiment and the latest checkpoint of `workdir`; FileNotFoundError if there is none."""
-  exp = experiment.build(config, workdir)
+def _restore(config: ml_collections.ConfigDict, workdir: str, info: data.DatasetInfo | None = None
+             ) -> tuple[Experiment, Any, int | None]:
+  """Validated experiment and the parameters to use: `config.pretrained`'s, or the workdir's latest checkpoint's.
+
+  Returns:
+    (experiment, parameters, step: None for a pretrained directory).
+
+  Raises:
+    FileNotFoundError: no checkpoint in `workdir` (and no `config.pretrained`).
+  """
+  exp = experiment.build(config, workdir, info)
+  if config.pretrained is not None:
+    os.makedirs(workdir, exist_ok=True)  # for what the mode writes
+    return exp, experiment.load_pretrained(exp), None
   state, step = experiment.restore_latest(exp, workdir)
-  return exp, state, step
+  return exp, experiment.sampling_params(state, config), step
+
+
+def _tag(step: int | None) -> str:
+  """The file-name tag of a checkpoint: its step, or `pretrained`."""
+  return "pretrained" if step is None else f"{step:08d}"
+
+
+def _source(config: ml_collections.ConfigDict, step: int | None) -> str:
+  """Where the parameters come from, for log lines."""
+  if step is None:
+    return f"the pretrained {config.pretrained}"
+  return f"step {step} ({'EMA' if config.sampling.use_ema else 'raw'} parameters)"
 
 
 def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """Draws `sampling.num_samples` from the latest checkpoint; writes `samples_<step>.png` and `.npz`.
+  """Draws `sampling.num_samples` from the latest checkpoint (or `config.pretrained`); writes
+  `samples_<step>.png` and `.npz` (`samples_pretrained.*`).
 
   Returns:
     Path of the `.npz` (uint8 images or float32 points under `samples`).
   """
-  exp, state, step = _restore(config, workdir)
+  info = experiment.pretrained_info(config) if config.pretrained is not None else None
+  exp, params, step = _restore(config, workdir, info)
   sc = config.sampling
-  logging.info("Sampling %d from step %d (%s, %s parameters); compiling the sampler...", sc.num_samples, step,
-               sc.sampler, "EMA" if sc.use_ema else "raw")
-  samples = experiment.Sampler(exp, sc.batch_size)(experiment.sampling_params(state, config), sc.num_samples,
-                                                   jax.random.key(sc.seed))
-  stem = os.path.join(workdir, f"samples_{step:08d}")
+  logging.info("Sampling %d from %s with %s; compiling the sampler...", sc.num_samples, _source(config, step),
+               sc.sampler)
+  samples = experiment.Sampler(exp, sc.batch_size)(params, sc.num_samples, jax.random.key(sc.seed))
+  stem = os.path.join(workdir, f"samples_{_tag(step)}")
   if jax.process_index() == 0:
     stored = data.to_uint8(samples) if exp.info.is_image else samples.astype(np.float32)
     np.savez_compressed(stem + ".npz", samples=stored)
     images.save_samples(samples[:256], stem + ".png", exp.info, config.data.dataset)
     logging.info("Wrote %d samples to %s.npz and a grid to %s.png", len(samples), stem, stem)
   return stem + ".npz"
+
+
+def export(config: ml_collections.ConfigDict, workdir: str, directory: str | None = None) -> str:
+  """`--mode export`: the latest checkpoint's sampling parameters (`sampling.use_ema`) as a diffusers-format
+  directory, loadable with `diffusers.UNet2DModel.from_pretrained` and `DDPMScheduler.from_pretrained`.
+
+  Args:
+    config: the run's config.
+    workdir: the trained workdir.
+    directory: where to write; `<workdir>/diffusers` when None.
+
+  Returns:
+    The directory.
+  """
+  info = experiment.pretrained_info(config) if config.pretrained is not None else None
+  exp, params, step = _restore(config, workdir, info)
+  directory = directory or os.path.join(workdir, "diffusers")
+  if jax.process_index() == 0:
+    experiment.export_pretrained(exp, params, directory)
+    logging.info("Exported %s to %s (diffusers UNet2DModel + DDPMScheduler).", _source(config, step), directory)
+  return directory
 
 
 def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -57,45 +104,45 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     Dict with `bpd` (see `evaluate_bpd`; images only) and `quality` (see `evaluate_quality`; when
     `eval.quality_samples` > 0).
   """
-  exp, state, step = _restore(config, workdir)
+  exp, params, step = _restore(config, workdir)
   scorer = None
   if config.eval.quality_samples:
     quality.check_quality_config(config, exp.info)  # before anything compiles
     scorer = quality.Scorer(config, exp.info, exp.mesh)
   result = {}
   if exp.info.is_image:
-    result["bpd"] = evaluate_bpd(exp, state, step, workdir)
+    result["bpd"] = evaluate_bpd(exp, params, step, workdir)
   if scorer is not None:
-    result["quality"] = evaluate_quality(exp, state, step, workdir, scorer)
+    result["quality"] = evaluate_quality(exp, params, step, workdir, scorer)
   return result
 
 
-def evaluate_quality(exp: Experiment, state: TrainState, step: int, workdir: str,
+def evaluate_quality(exp: Experiment, params: Any, step: int | None, workdir: str,
                      scorer: quality.Scorer) -> dict[str, Any]:
-  """`eval.quality_samples` samples (per `config.sampling`) scored against the train split, beside the
-  baseline; written to `quality_<step>.json`.
+  """`eval.quality_samples` samples (per `config.sampling`) of `params` scored against the train split, beside
+  the baseline; written to `quality_<step>.json` (`quality_pretrained.json` for step None).
 
   Returns:
     Dict with `figures`, `baseline`, `metric`, `num_samples`.
   """
   config = exp.config
   draw = experiment.Sampler(exp, config.sampling.batch_size)
-  samples = draw(experiment.sampling_params(state, config), scorer.num_samples, jax.random.key(config.sampling.seed),
-                 "quality samples")
+  samples = draw(params, scorer.num_samples, jax.random.key(config.sampling.seed), "quality samples")
   figures = scorer.score(samples)
-  logging.info("Quality at step %d (%d samples, %s %s, %s parameters): %s", step, scorer.num_samples,
-               config.sampling.sampler, experiment.sampling_steps(config), "EMA" if config.sampling.use_ema else "raw",
-               scorer.report(figures))
+  logging.info("Quality of %s (%d samples, %s %s): %s", _source(config, step), scorer.num_samples,
+               config.sampling.sampler,
+               experiment.sampling_steps(config), scorer.report(figures))
   if jax.process_index() == 0:
-    path = os.path.join(workdir, f"quality_{step:08d}.json")
-    scorer.write(path, figures, step=step, sampler=config.sampling.sampler,
+    path = os.path.join(workdir, f"quality_{_tag(step)}.json")
+    scorer.write(path, figures, step=step, pretrained=config.pretrained, sampler=config.sampling.sampler,
                  sampling_steps=experiment.sampling_steps(config), use_ema=config.sampling.use_ema)
     logging.info("Wrote %s", path)
   return {"figures": figures, "baseline": scorer.baseline, "metric": scorer.metric, "num_samples": scorer.num_samples}
 
 
-def evaluate_bpd(exp: Experiment, state: TrainState, step: int, workdir: str) -> dict[str, Any]:
-  """The full variational bound on `eval.split` in bits/dim; written to `eval_<split>_<step>.json`.
+def evaluate_bpd(exp: Experiment, params: Any, step: int | None, workdir: str) -> dict[str, Any]:
+  """The full variational bound of `params` on `eval.split` in bits/dim; written to `eval_<split>_<step>.json`
+  (`eval_<split>_pretrained.json` for step None).
 
   Returns:
     Dict with `bpd` (mean total), `prior_bpd`, `decoder_bpd` (L_0), `num_examples`,
@@ -103,7 +150,6 @@ def evaluate_bpd(exp: Experiment, state: TrainState, step: int, workdir: str) ->
   """
   config = exp.config
   ec = config.eval
-  params = experiment.sampling_params(state, config)
   T = exp.schedule.num_steps
   progress = Progress()
 
@@ -133,13 +179,13 @@ def evaluate_bpd(exp: Experiment, state: TrainState, step: int, workdir: str) ->
     logging.info("eval batch %d/%d: %d examples, running bpd %.4f", b + 1, num_batches, int(count),
                  totals["total"] / count)
   terms = np.asarray(totals["terms"]) / count
-  result = {"step": step, "split": ec.split, "num_examples": int(count), "bpd": totals["total"] / count,
-            "prior_bpd": totals["prior"] / count, "decoder_bpd": float(terms[0]),
+  result = {"step": step, "pretrained": config.pretrained, "split": ec.split, "num_examples": int(count),
+            "bpd": totals["total"] / count, "prior_bpd": totals["prior"] / count, "decoder_bpd": float(terms[0]),
             "terms_bpd": [float(v) for v in terms]}
   if jax.process_index() == 0:
-    path = os.path.join(workdir, f"eval_{ec.split}_{step:08d}.json")
+    path = os.path.join(workdir, f"eval_{ec.split}_{_tag(step)}.json")
     with open(path, "w") as f:
       json.dump(result, f, indent=2)
-    logging.info("bits/dim on %s (%d examples, step %d, %.0f s): %.4f; wrote %s", ec.split, int(count), step,
-                 time.time() - start, result["bpd"], path)
+    logging.info("bits/dim on %s (%d examples, %s, %.0f s): %.4f; wrote %s", ec.split, int(count),
+                 _source(config, step), time.time() - start, result["bpd"], path)
   return result

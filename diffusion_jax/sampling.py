@@ -61,11 +61,16 @@ def _run_chain(
     return_every: int | None,
     sharding: jax.sharding.Sharding | None,
     progress: ProgressFn | None,
+    x_T: jax.Array | None = None,
 ) -> jax.Array | tuple[jax.Array, Trajectory]:
-  """x_T ~ N(0, I), then `step_fn` over `step_inputs` (leading axis: steps, first step first)."""
+  """x_T ~ N(0, I) (or the given one), then `step_fn` over `step_inputs` (leading axis: steps, first step first)."""
   num = step_inputs.shape[0]
   init_key, noise_key = jax.random.split(key)
-  x_T = _constrain(jax.random.normal(init_key, shape), sharding)
+  if x_T is None:
+    x_T = jax.random.normal(init_key, shape)
+  elif x_T.shape != shape:
+    raise ValueError(f"x_T must have the samples' shape {shape}, got {x_T.shape}.")
+  x_T = _constrain(x_T, sharding)
   t_of = lambda inputs: inputs if inputs.ndim == 0 else inputs[0]
 
   def body(x: jax.Array, n: jax.Array, inputs: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -108,6 +113,7 @@ def sample(
     return_every: int | None = None,
     sharding: jax.sharding.Sharding | None = None,
     progress: ProgressFn | None = None,
+    x_T: jax.Array | None = None,
 ) -> jax.Array | tuple[jax.Array, Trajectory]:
   """Algorithm 1: x_T ~ N(0, I); x_{t-1} = mu_theta(x_t, t) + sigma_t z, with no noise at t = 0.
 
@@ -126,6 +132,8 @@ def sample(
     sharding: optional sharding of the samples (batch axis over devices).
     progress: optional host function, called from inside the scan
       (`jax.debug.callback`) with the number of steps done, about 50 times.
+    x_T: start from this x_T (shape `shape`) instead of drawing it from `key`;
+      `key` still gives every later step's noise.
 
   Returns:
     x_0 of shape `shape`, and with `return_every` a `Trajectory` as well.
@@ -144,7 +152,7 @@ def sample(
     return out.mean + sigma * noise, out.pred_xstart
 
   steps = jnp.arange(schedule.num_steps - 1, -1, -1, dtype=jnp.int32)
-  return _run_chain(step, steps, shape, key, return_every, sharding, progress)
+  return _run_chain(step, steps, shape, key, return_every, sharding, progress, x_T)
 
 
 def ddim_sample(
@@ -160,6 +168,7 @@ def ddim_sample(
     return_every: int | None = None,
     sharding: jax.sharding.Sharding | None = None,
     progress: ProgressFn | None = None,
+    x_T: jax.Array | None = None,
 ) -> jax.Array | tuple[jax.Array, Trajectory]:
   """DDIM (Song et al. 2021): x_s = sqrt(abar_s) x0 + sqrt(1 - abar_s - sigma^2) eps + sigma z, s < t.
 
@@ -181,6 +190,7 @@ def ddim_sample(
     return_every: also return every k-th state and x_0 prediction.
     sharding: optional sharding of the samples.
     progress: as in `sample`.
+    x_T: as in `sample`; with eta = 0 the result is then a function of x_T alone.
 
   Returns:
     x_0 of shape `shape`, and with `return_every` a `Trajectory` as well.
@@ -209,4 +219,4 @@ def ddim_sample(
               + jnp.sqrt(jnp.maximum(1.0 - abar_s - sigma**2, 0.0)) * eps + sigma * noise)
     return x_prev, pred_xstart
 
-  return _run_chain(step, jnp.asarray(pairs), shape, key, return_every, sharding, progress)
+  return _run_chain(step, jnp.asarray(pairs), shape, key, return_every, sharding, progress, x_T)

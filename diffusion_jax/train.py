@@ -48,14 +48,19 @@ def _first_nonfinite(metrics: dict[str, np.ndarray]) -> int | None:
 
 
 def restore_or_init(exp: Experiment, ckpt: Checkpointer) -> TrainState:
-  """The latest complete checkpoint of the workdir, or a fresh state (jitted init placed on the mesh)."""
+  """The latest complete checkpoint of the workdir, or a fresh state (jitted init placed on the mesh) whose
+  parameters are `config.pretrained`'s when set."""
   if ckpt.latest_step() is not None:
     state, _ = ckpt.restore(experiment.abstract_state(exp))
     logging.info("Resumed from %s at step %d.", ckpt.directory, int(parallel.host_value(state.step)))
     return state
-  init = compiler.jit(lambda key: experiment.init_state(exp.model, exp.tx, exp.info, key),
+  params = None
+  if exp.config.pretrained is not None:
+    params = experiment.load_pretrained(exp)
+    logging.info("Starting from the pretrained %s.", exp.config.pretrained)
+  init = compiler.jit(lambda key, params: experiment.init_state(exp.model, exp.tx, exp.info, key, params),
                       out_shardings=parallel.replicated(exp.mesh))
-  return init(jax.random.key(exp.config.seed))
+  return init(jax.random.key(exp.config.seed), params)
 
 
 def _write_run_files(exp: Experiment, workdir: str) -> None:

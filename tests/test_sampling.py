@@ -109,13 +109,47 @@ def test_no_noise_at_last_step_and_trajectory():
   assert float(jnp.abs(traj.pred_xstart).max()) <= 1.0
 
 
-def test_ddim_eta0_is_deterministic_given_x_T_and_trajectory():
+def test_ddim_eta0_is_a_function_of_x_T_alone():
+  """With eta = 0 two different keys give the same samples from the same x_T; with eta > 0 they do not."""
   model = lambda x, t: 0.2 * x
-  x0, traj = sampling.ddim_sample(model, SCHED, (8, 2), jax.random.key(1), num_steps=20, return_every=5)
-  np.testing.assert_array_equal(traj.timesteps, schedules.space_timesteps(T, 20)[::-1][::5])
-  # With eta = 0 the noise key does not matter once x_T is fixed.
-  x0_again = sampling.ddim_sample(model, SCHED, (8, 2), jax.random.key(1), num_steps=20)
-  np.testing.assert_allclose(x0_again, x0, rtol=1e-6)
+  x_T = jax.random.normal(jax.random.key(7), (8, 2))
+  draw = lambda key, eta: sampling.ddim_sample(model, SCHED, (8, 2), key, num_steps=20, eta=eta, x_T=x_T)
+  np.testing.assert_array_equal(draw(jax.random.key(1), 0.0), draw(jax.random.key(2), 0.0))
+  assert not np.allclose(draw(jax.random.key(1), 0.5), draw(jax.random.key(2), 0.5))
+  assert not np.allclose(draw(jax.random.key(1), 0.0),
+                         sampling.ddim_sample(model, SCHED, (8, 2), jax.random.key(1), num_steps=20))
+  with pytest.raises(ValueError, match="x_T must have the samples' shape"):
+    sampling.ddim_sample(model, SCHED, (8, 2), jax.random.key(1), x_T=x_T[:4])
+
+
+C = np.array([0.3, -0.7, 0.9])  # the data: every example is this point
+
+
+def point_mass_model(mean_type):
+  """The exact network for data that is always C: its eps, x_0 or v at (x_t, t)."""
+
+  def model_fn(x_t, t):
+    abar = SCHED.alphas_cumprod[t][:, None]
+    eps = (x_t - jnp.sqrt(abar) * C) / jnp.sqrt(1 - abar)
+    return {"eps": eps, "xstart": jnp.broadcast_to(C, x_t.shape),
+            "v": jnp.sqrt(abar) * eps - jnp.sqrt(1 - abar) * C}[mean_type]
+  return model_fn
+
+
+@pytest.mark.parametrize("mean_type", ["eps", "xstart", "v"])
+def test_ddim_trajectory_of_point_mass_data_is_the_closed_form(mean_type):
+  """For data at one point C, eta = 0 DDIM keeps eps fixed: x_t = sqrt(abar_t) C + sqrt(1 - abar_t) e at every
+  visited t, with e = x_T's own noise, and it ends exactly at C; float64 closed form, every mean type."""
+  kept = schedules.space_timesteps(T, 20)
+  x_T = jax.random.normal(jax.random.key(3), (5, 3))
+  x0, traj = sampling.ddim_sample(point_mass_model(mean_type), SCHED, (5, 3), jax.random.key(0), num_steps=20,
+                                  model_mean_type=mean_type, clip_denoised=False, return_every=1, x_T=x_T)
+  np.testing.assert_array_equal(traj.timesteps, kept[::-1])
+  abar = ABAR[kept[::-1]][:, None, None]
+  e = (np.asarray(x_T, np.float64) - np.sqrt(abar[0]) * C) / np.sqrt(1 - abar[0])
+  np.testing.assert_allclose(traj.x_t, np.sqrt(abar) * C + np.sqrt(1 - abar) * e, atol=1e-5)
+  np.testing.assert_allclose(traj.pred_xstart, np.broadcast_to(C, traj.pred_xstart.shape), atol=1e-4)
+  np.testing.assert_allclose(x0, np.broadcast_to(C, x0.shape), atol=1e-5)
 
 
 def _count_traces(T_):
