@@ -79,6 +79,12 @@ def test_eval_batches_cover_the_split_once_with_padding_masked(data_dir):
   assert len(batches) == 3
   assert sum(b["mask"].sum() for b in batches) == data.DIGITS_TEST_SIZE
   assert batches[-1]["mask"][:97].all() and not batches[-1]["mask"][97:].any()
+  # Each example exactly once, in order: the real rows are the split itself.
+  source = data.image_source("digits", "test", data_dir)
+  real = np.concatenate([b["x"][b["mask"] == 1] for b in batches])
+  np.testing.assert_array_equal(real, np.stack([np.asarray(source[i]["image"]) for i in range(len(source))]))
+  labels = np.concatenate([b["label"][b["mask"] == 1] for b in batches])
+  np.testing.assert_array_equal(labels, [source[i]["label"] for i in range(len(source))])
 
 
 def test_missing_dataset_says_how_to_prepare_it(tmp_path):

@@ -1,0 +1,65 @@
+"""The sample and eval modes' computations against the library functions they stand for, from the raw data."""
+
+import jax
+import numpy as np
+import pytest
+
+from diffusion_jax import compiler, data, evaluate, experiment, losses, sampling, schedules
+from helpers import tiny_config
+
+INFO = data.DatasetInfo("digits", (8, 8, 1), 10, True)
+
+
+def _params(exp):
+  return jax.jit(lambda key: experiment.init_state(exp.model, exp.tx, exp.info, key))(jax.random.key(1)).params
+
+
+def test_a_padded_last_batch_gives_the_bits_per_dim_of_the_real_examples_only(data_dir, tmp_path):
+  """297 test digits in batches of 100: the last batch holds 3 padding examples, which must not count. The
+  reference reads the split itself and averages the bound of exactly the 297 real digits."""
+  c = tiny_config(data_dir)
+  c.eval.num_examples = 0  # the whole split
+  exp = experiment.build(c, info=INFO)
+  params = _params(exp)
+  got = evaluate.evaluate_bpd(exp, params, 0, str(tmp_path))
+  source = data.image_source("digits", "test", data_dir)
+  images = np.stack([np.asarray(source[i]["image"]) for i in range(len(source))])
+  assert len(images) == data.DIGITS_TEST_SIZE == 297
+
+  @compiler.jit
+  def bound(params, x, key):
+    return losses.variational_bound(experiment.model_fn(exp.model, params), exp.schedule, data.to_model_input(x), key,
+                                    timesteps_per_call=c.eval.timesteps_per_call)
+
+  totals, terms = [], []
+  for b in range(3):
+    real = images[100 * b:100 * (b + 1)]
+    padded = np.concatenate([real, np.zeros((100 - len(real), *real.shape[1:]), real.dtype)])
+    vb = bound(params, padded, jax.random.fold_in(jax.random.key(c.seed), b))
+    totals.append(np.asarray(vb.total_bpd)[:len(real)])
+    terms.append(np.asarray(vb.terms_bpd)[:len(real)])
+  assert got["num_examples"] == 297
+  np.testing.assert_allclose(got["bpd"], np.concatenate(totals).mean(), rtol=1e-6)
+  np.testing.assert_allclose(got["terms_bpd"], np.concatenate(terms).mean(0), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("sampler", ["ancestral", "ddim"])
+def test_the_configs_respaced_and_ddim_samplers_are_the_library_functions(sampler):
+  """sampling.sampler and sampling.num_steps = 10 of T = 50 give exactly `sample` on the respaced schedule, or
+  `ddim_sample` with those steps and eta; not the full chain."""
+  c = tiny_config("/nonexistent")
+  c.sampling.update(sampler=sampler, num_steps=10, eta=0.5)
+  exp = experiment.build(c, info=INFO)
+  params = _params(exp)
+  key = jax.random.key(3)
+  got = experiment.make_sampler(exp, 8)(params, key)
+  fn = experiment.model_fn(exp.model, params)
+  shape = (8, 8, 8, 1)
+  if sampler == "ddim":
+    want = sampling.ddim_sample(fn, exp.schedule, shape, key, num_steps=10, eta=0.5)
+  else:
+    respaced = schedules.respace(exp.betas, schedules.space_timesteps(50, 10))
+    want = sampling.sample(fn, respaced, shape, key, model_var_type=c.diffusion.model_var_type)
+  np.testing.assert_allclose(got, want, atol=1e-5)
+  full = sampling.sample(fn, exp.schedule, shape, key, model_var_type=c.diffusion.model_var_type)
+  assert not np.allclose(got, full, atol=1e-2)
