@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import PIL.Image
 import tensorflow_datasets as tfds
 from absl import logging
 
@@ -33,7 +34,10 @@ from diffusion_jax import logs
 # TFDS warns that a dataset folder it is about to prepare has no dataset_info.json yet.
 logs.silence(r"Variant folder .* has no dataset_info\.json")
 
-IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
+IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "celeb_a_hq/256", "lsun/church_outdoor",
+                  "lsun/bedroom", "lsun/cat")
+# Datasets of images of many sizes, read as their central square resized to this size (DDPM's 256x256 models).
+CROP_SIZES = {"lsun/church_outdoor": 256, "lsun/bedroom": 256, "lsun/cat": 256}
 TOY_DATASETS = ("swiss_roll", "two_moons")
 DATASETS = IMAGE_DATASETS + TOY_DATASETS
 DIGITS_TEST_SIZE = 297  # of sklearn's 1797 digits; the other 1500 train
@@ -169,14 +173,37 @@ def dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
   if "label" in example:
     label = source.dataset_info.features["label"]
     num_classes = label.num_classes if isinstance(label, tfds.features.ClassLabel) else None
-  return DatasetInfo(name, tuple(np.asarray(example["image"]).shape), num_classes, True)
+  return DatasetInfo(name, _record(example, CROP_SIZES.get(name))["x"].shape, num_classes, True)
 
 
-def _record(example: dict[str, Any]) -> dict[str, np.ndarray]:
-  out = {"x": np.asarray(example["image"], np.uint8)}
+def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+  """The central square of an (H, W, C) uint8 image (its shorter side), resized to (size, size) bicubically.
+
+  Images whose shorter side is already `size` (LSUN's are stored so) are only cropped.
+  """
+  H, W = image.shape[:2]
+  side = min(H, W)
+  top, left = (H - side) // 2, (W - side) // 2
+  square = image[top:top + side, left:left + side]
+  if side == size:
+    return np.ascontiguousarray(square)
+  resized = PIL.Image.fromarray(square.squeeze(-1) if square.shape[-1] == 1 else square).resize(
+      (size, size), PIL.Image.BICUBIC)
+  return np.asarray(resized, np.uint8).reshape(size, size, image.shape[-1])
+
+
+def _record(example: dict[str, Any], crop: int | None = None) -> dict[str, np.ndarray]:
+  image = np.asarray(example["image"], np.uint8)
+  out = {"x": image if crop is None else center_crop(image, crop)}
   if "label" in example:
     out["label"] = np.asarray(example["label"], np.int32)
   return out
+
+
+def image_records(name: str, split: str, data_dir: str | None) -> grain.MapDataset:
+  """`image_source` as records {`x`: uint8 (H, W, C), `label`: int32 if any}, cropped per `CROP_SIZES`."""
+  crop = CROP_SIZES.get(name)
+  return grain.MapDataset.source(image_source(name, split, data_dir)).map(lambda e: _record(e, crop))
 
 
 def _flip(record: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -190,7 +217,7 @@ def _source(config: ml_collections.ConfigDict, split: str) -> grain.MapDataset:
   check_dataset_name(name)
   if name in TOY_DATASETS:
     return grain.MapDataset.source(toy_points(name, split)).map(lambda p: {"x": p})
-  return grain.MapDataset.source(image_source(name, split, config.data.data_dir)).map(_record)
+  return image_records(name, split, config.data.data_dir)
 
 
 def check_batch_divisibility(global_batch_size: int, key: str = "training.global_batch_size") -> int:

@@ -206,11 +206,16 @@ def load_pretrained(exp: Experiment) -> Any:
       `pretrained.load`), or a checkpoint whose layout or schedule is not the config's (each difference named).
   """
   loaded = pretrained.load(exp.config.pretrained)
+  check_pretrained(exp, loaded)
+  return jax.device_put(loaded.params, parallel.replicated(exp.mesh))
+
+
+def check_pretrained(exp: Experiment, loaded: pretrained.Pretrained) -> None:
+  """Raises `ValueError` naming every difference of layout, image shape or schedule between the two."""
   problems = _mismatches(exp, loaded)
   if problems:
     raise ValueError(f"pretrained = {exp.config.pretrained!r} does not match the config: {'; '.join(problems)}. "
                      "Set those keys to the checkpoint's (configs/ddpm_*.py are made for the published models).")
-  return jax.device_put(loaded.params, parallel.replicated(exp.mesh))
 
 
 def export_pretrained(exp: Experiment, params: Any, directory: str) -> None:

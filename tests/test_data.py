@@ -121,6 +121,18 @@ def test_unknown_dataset():
     data.dataset_info(c)
 
 
+def test_center_crop_takes_the_central_square():
+  rng = np.random.default_rng(0)
+  wide = rng.integers(0, 256, size=(256, 340, 3), dtype=np.uint8)
+  np.testing.assert_array_equal(data.center_crop(wide, 256), wide[:, 42:298])
+  tall = rng.integers(0, 256, size=(300, 256, 1), dtype=np.uint8)
+  np.testing.assert_array_equal(data.center_crop(tall, 256), tall[22:278])
+  big = np.full((512, 600, 3), 77, np.uint8)
+  big[:, :44] = big[:, -44:] = 0  # outside the central square
+  out = data.center_crop(big, 256)
+  assert out.shape == (256, 256, 3) and out.dtype == np.uint8 and (out == 77).all()
+
+
 def test_scaling_round_trip():
   x = np.arange(256, dtype=np.uint8)
   scaled = np.asarray(data.to_model_input(jax.numpy.asarray(x)))

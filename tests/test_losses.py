@@ -84,6 +84,27 @@ def test_training_losses_targets(mean_type):
   np.testing.assert_allclose(out["loss"], 1.0, rtol=1e-5)
 
 
+def test_the_network_sees_the_closed_form_x_t_and_the_original_timestep():
+  """On a respaced schedule (10 of 1000 steps) the model gets x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps, abar
+  of the original step, and that step's index, schedule.timesteps[t] (float64 reference)."""
+  kept = schedules.space_timesteps(T, 10)
+  sched = schedules.respace(BETAS, kept)
+  rng = np.random.default_rng(5)
+  x0, noise = (jnp.asarray(a, jnp.float32) for a in rng.normal(size=(2, 6, 3, 2)))
+  t = jnp.array([0, 1, 4, 5, 8, 9])
+  seen = {}
+
+  def spy(x_t, tt):
+    seen.update(x_t=x_t, t=tt)
+    return jnp.zeros_like(x_t)
+
+  losses.training_losses(spy, sched, x0, t, noise)
+  abar = ref.alphas_cumprod(BETAS)[kept[np.asarray(t)]][:, None, None]
+  np.testing.assert_array_equal(seen["t"], kept[np.asarray(t)])
+  np.testing.assert_allclose(seen["x_t"], np.sqrt(abar) * np.asarray(x0, np.float64)
+                             + np.sqrt(1 - abar) * np.asarray(noise, np.float64), rtol=1e-5, atol=1e-6)
+
+
 def test_hybrid_loss_trains_variance_only_through_vlb():
   rng = np.random.default_rng(4)
   x0 = jnp.asarray(ref.grid_levels()[rng.integers(0, 256, size=(4, 4, 4, 3))], jnp.float32)

@@ -50,7 +50,14 @@ def test_the_classifier_needs_labels(data_dir):
 
 def test_classifier_is_accurate_deterministic_and_cached(data_dir, tmp_path):
   c = _digits(data_dir)
-  quality.Scorer(c, data.dataset_info(c), experiment.build(c).mesh)
+  scorer = quality.Scorer(c, data.dataset_info(c), experiment.build(c).mesh)
+  # The train split's statistics, streamed in chunks, are those of all its features at once (float64 NumPy).
+  train_images = np.stack([data.image_source("digits", "train", data_dir)[i]["image"] for i in range(1500)])
+  feats, _ = scorer._features(train_images)
+  streamed = scorer.train_statistics(chunk=128)
+  np.testing.assert_allclose(streamed.mean, feats.mean(0), rtol=1e-9, atol=1e-9)
+  np.testing.assert_allclose(streamed.cov, np.cov(feats, rowvar=False), rtol=1e-9, atol=1e-9)
+  np.testing.assert_array_equal(streamed.features, feats[np.random.default_rng(0).permutation(1500)])
   [path] = glob.glob(os.path.join(c.eval.cache_dir, f"classifier-digits-*-v{classifier.VERSION}.npz"))
   source = data.image_source("digits", "test", data_dir)
   images = np.stack([source[i]["image"] for i in range(len(source))])

@@ -3,6 +3,7 @@ UNet2DModel (outputs to 1e-5), the published checkpoints' names, and main.py sam
 exporting through them."""
 
 import datetime
+import importlib
 import json
 import os
 
@@ -121,6 +122,21 @@ def test_published_256_layout_and_schedule_are_read_as_the_papers():
                   "diffusion.model_var_type": "fixed_small", "diffusion.model_mean_type": "eps",
                   "sampling.clip_denoised": True}
   np.testing.assert_allclose(pretrained.betas(keys), np.linspace(1e-4, 0.02, 1000), rtol=1e-12)
+
+
+@pytest.mark.parametrize("name,published", [("ddpm_cifar10_32", "ddpm-cifar10-32")] + [
+    (f"ddpm_{m}_256", "ddpm-cat-256") for m in ("celebahq", "church", "bedroom", "cat")])
+def test_the_configs_of_the_published_models_match_their_files(name, published):
+  """configs/ddpm_*.py build the layout, image size and schedule of the published config.json and
+  scheduler_config.json (the four 256x256 models share one layout and schedule)."""
+  c = importlib.import_module(f"configs.{name}").get_config()
+  model, shape = pretrained.unet_from_config(ref.published_config(published))
+  keys = pretrained.diffusion_from_scheduler(ref.published_config(published, "scheduler_config.json"))
+  exp = experiment.build(c, info=data.DatasetInfo(c.data.dataset, shape, None, True))
+  experiment.check_pretrained(exp, pretrained.Pretrained(model, shape, {}, keys))
+  c.model.attn_resolutions = (8,)
+  with pytest.raises(ValueError, match=r"model.attn_resolutions = \(8,\), the checkpoint's is \(16,\)"):
+    experiment.check_pretrained(experiment.build(c, info=exp.info), pretrained.Pretrained(model, shape, {}, keys))
 
 
 @pytest.mark.parametrize("key,value", [

@@ -11,7 +11,7 @@ import pytest
 import scipy.stats
 
 import reference as ref
-from diffusion_jax import data, experiment
+from diffusion_jax import data, experiment, losses
 from diffusion_jax import step as step_lib
 from helpers import tiny_config
 
@@ -139,3 +139,28 @@ def test_timesteps_drawn_by_the_step_are_uniform_over_every_t():
   assert t.shape == (12_800,) and t.min() >= 0 and t.max() < T
   counts = np.bincount(t, minlength=T)
   assert scipy.stats.chisquare(counts).pvalue > 1e-3, counts
+
+
+def test_a_tiny_unet_learns_the_digits(data_dir):
+  """configs/tiny.py's UNet, 80 steps of batch 32: the loss on a fixed held-out batch (64 test digits, fixed t and
+  noise) falls by more than a stated factor. Measured: 0.979 -> 0.221 (4.4x); the bound asks for 2.5x."""
+  c = tiny_config(data_dir, num_train_steps=80, global_batch_size=32, learning_rate=2e-3, warmup_steps=10,
+                  log_every_steps=80, checkpoint_every_steps=80, sample_every_steps=80)
+  exp = experiment.build(c)
+  state = jax.jit(lambda key: experiment.init_state(exp.model, exp.tx, exp.info, key))(jax.random.key(0))
+  source = data.image_source("digits", "test", data_dir)
+  x0 = data.to_model_input(np.stack([source[i]["image"] for i in range(64)]))
+  t = jnp.arange(64) % T
+  noise = jax.random.normal(jax.random.key(9), x0.shape)
+
+  @jax.jit
+  def held_out_loss(params):
+    fn = experiment.model_fn(exp.model, params)
+    return losses.training_losses(fn, exp.schedule, x0, t, noise)["loss"].mean()
+
+  before = float(held_out_loss(state.params))
+  step_fn = step_lib.make_train_step(exp, state)
+  for _, batch in zip(range(80), data.train_batches(c)):
+    state, _ = step_fn(state, batch, exp.schedule)
+  after = float(held_out_loss(state.params))
+  assert after < before / 2.5

@@ -140,9 +140,12 @@ class Scorer:
     batch = _BATCH * jax.device_count()
     progress = Progress()
 
-    def features(images: np.ndarray, label: str = "features") -> tuple[np.ndarray, np.ndarray | None]:
+    def features(images: np.ndarray, label: str = "features", done: int = 0,
+                 total: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+      """Features of `images`; one progress line over `total` images of which `done` came before these."""
       n = len(images)
-      progress.start(f"{self.metric} {label}", n, unit="images")
+      if done == 0:
+        progress.start(f"{self.metric} {label}", total or n, unit="images")
       feats, logits = [], []
       for start in range(0, n, batch):
         chunk = images[start:start + batch]
@@ -152,7 +155,7 @@ class Scorer:
         f, lg = jitted(params, placed)
         feats.append(parallel.gather(f)[:len(chunk)])
         logits.append(parallel.gather(lg)[:len(chunk)])
-        progress.update(start + len(chunk))
+        progress.update(done + start + len(chunk))
       return np.concatenate(feats).astype(np.float64), np.concatenate(logits).astype(np.float64)
 
     return features
@@ -164,10 +167,11 @@ class Scorer:
     return f"{self.info.name}-{hashlib.sha1(where.encode()).hexdigest()[:8]}"
 
   def _split_arrays(self, split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
-    source = data.image_source(self.info.name, split, self.config.data.data_dir)
-    n = len(source) if limit is None else min(limit, len(source))
-    examples = [source[i] for i in range(n)]
-    images = np.stack([np.asarray(e["image"], np.uint8) for e in examples])
+    """The first `limit` (all) images of `split` in memory, and their labels if any."""
+    records = data.image_records(self.info.name, split, self.config.data.data_dir)
+    n = len(records) if limit is None else min(limit, len(records))
+    examples = [records[i] for i in range(n)]
+    images = np.stack([e["x"] for e in examples])
     labels = np.array([int(e["label"]) for e in examples]) if "label" in examples[0] else None
     return images, labels
 
@@ -184,16 +188,31 @@ class Scorer:
     if os.path.exists(path):
       with np.load(path) as f:
         return Reference(f["mean"], f["cov"], f["features"])
-    images, _ = self._train_split()
-    feats, _ = self._features(images, "features of the train split (once; cached)")
-    running = stats.RunningStats(feats.shape[1]).update(feats)
-    keep = np.random.default_rng(0).permutation(len(feats))[:_KID_REFERENCE]
-    ref = Reference(running.mean, running.cov, feats[keep])
+    ref = self.train_statistics()
     os.makedirs(self.cache_dir, exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp.npz"
     np.savez(tmp, mean=ref.mean, cov=ref.cov, features=ref.features)
     os.replace(tmp, path)  # complete or absent
     return ref
+
+  def train_statistics(self, chunk: int = 2048) -> Reference:
+    """Mean and covariance of the train split's features, streamed in chunks of images (LSUN does not fit in
+    memory), and the features of `_KID_REFERENCE` examples drawn from the seed, in the drawn order."""
+    records = data.image_records(self.info.name, "train", self.config.data.data_dir)
+    n = len(records)
+    keep = np.random.default_rng(0).permutation(n)[:_KID_REFERENCE]
+    slot = np.full(n, -1)
+    slot[keep] = np.arange(len(keep))
+    running, kept = None, None
+    for start in range(0, n, chunk):
+      images = np.stack([records[i]["x"] for i in range(start, min(n, start + chunk))])
+      feats, _ = self._features(images, "features of the train split (once; cached)", start, n)
+      if running is None:
+        running, kept = stats.RunningStats(feats.shape[1]), np.empty((len(keep), feats.shape[1]))
+      running.update(feats)
+      here = slot[start:start + len(feats)]
+      kept[here[here >= 0]] = feats[here >= 0]
+    return Reference(running.mean, running.cov, kept)
 
   # ------------------------------------------------------------------ scores
 
