@@ -17,7 +17,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.pretrained = config_dict.placeholder(str)
 
   c.data = ml_collections.ConfigDict()
-  c.data.dataset = "digits"  # digits (built in), mnist, fashion_mnist, cifar10 (TFDS), swiss_roll, two_moons (2-D)
+  # digits (built in); mnist, fashion_mnist, cifar10, celeb_a_hq/256, lsun/{church_outdoor,bedroom,cat} (TFDS;
+  # LSUN cropped to its central 256x256); swiss_roll, two_moons (2-D points)
+  c.data.dataset = "digits"
   c.data.data_dir = config_dict.placeholder(str)  # TFDS data_dir; None: $TFDS_DATA_DIR or ~/tensorflow_datasets
   c.data.random_flip = False  # horizontal flips of training images, drawn per example from the seed
 

@@ -45,8 +45,10 @@ def _main_commands() -> list[list[str]]:
 
 
 def test_readme_has_the_blocks_this_module_runs():
-  assert len(PYTHON) == 2
-  assert [c[2:4] for c in _main_commands()] == [["--config", "configs/digits.py"]] * 3
+  assert len(PYTHON) == 3
+  assert [c[2:4] for c in _main_commands()] == [["--config", "configs/digits.py"]] * 5
+  modes = [c[c.index("--mode") + 1] if "--mode" in c else "train" for c in _main_commands()]
+  assert modes == ["train", "sample", "eval", "export", "sample"]
 
 
 def test_pip_extras_in_readme_exist():
@@ -105,3 +107,18 @@ def test_loading_a_trained_workdir_and_sampling(trained_workdir):
   # The same samples as `--mode sample` (EMA parameters, key(sampling.seed), batch 0 of 64).
   cli = np.load(os.path.join(workdir, "samples_00000020.npz"))["samples"]
   np.testing.assert_array_equal(data.to_uint8(samples), cli[:64])
+
+
+def test_export_and_its_reload_sample_as_the_run_does(trained_workdir):
+  """README's export, then --mode sample from the export: the run's own samples (EMA parameters, same seed)."""
+  workdir, _ = trained_workdir
+  from_export = np.load(os.path.join(os.path.dirname(workdir), "digits_export", "samples_pretrained.npz"))["samples"]
+  from_run = np.load(os.path.join(workdir, "samples_00000020.npz"))["samples"]
+  np.testing.assert_array_equal(from_export, from_run[:len(from_export)])
+  code = PYTHON[2]
+  assert '"workdirs/digits/diffusers"' in code
+  scope: dict = {}
+  exec(compile(code.replace('"workdirs/digits/diffusers"', repr(os.path.join(workdir, "diffusers"))),
+               "README.md python block 3", "exec"), scope)
+  ckpt = scope["ckpt"]
+  assert ckpt.image_shape == (8, 8, 1) and ckpt.model.ch_mult == (1, 2)
