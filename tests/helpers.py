@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -11,6 +13,29 @@ import jax
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = open(os.path.join(ROOT, "README.md")).read()
+# What README's main.py commands get appended in the tests: a few steps, T = 50.
+SMALL_MAIN = ["--config.training.num_train_steps=20", "--config.training.warmup_steps=5",
+              "--config.training.log_every_steps=10", "--config.training.checkpoint_every_steps=20",
+              "--config.training.sample_every_steps=20", "--config.diffusion.num_diffusion_steps=50",
+              "--config.sampling.preview_samples=16", "--config.eval.num_examples=100"]
+
+
+def readme_blocks(lang: str) -> list[str]:
+  """The code blocks of README.md in language `lang`, in order."""
+  return [code for block_lang, code in re.findall(r"```(\w+)\n(.*?)```", README, re.S) if block_lang == lang]
+
+
+def readme_main_commands() -> list[list[str]]:
+  """The words of every `python main.py ...` command in README's bash blocks, in order."""
+  commands = []
+  for block in readme_blocks("bash"):
+    for line in block.splitlines():
+      for part in line.split("#")[0].split("&&"):
+        words = shlex.split(part)
+        if words[:2] == ["python", "main.py"] and "NAME.py" not in part:
+          commands.append(words)
+  return commands
 
 
 def tiny_config(data_dir: str, **training):

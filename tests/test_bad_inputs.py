@@ -20,7 +20,7 @@ CASES = [
      r"ValueError: model.name = 'transformer' is invalid; allowed: unet, mlp"),
     ("unknown_dataset", "train", ["--config.data.dataset=imagenet"], 1,
      r"ValueError: Unknown data.dataset 'imagenet'; allowed: digits, mnist"),
-    ("unknown_mode", "finetune", [], 1, r"--mode.*value should be one of <train\|sample\|eval>"),
+    ("unknown_mode", "finetune", [], 1, r"--mode.*value should be one of <train\|sample\|eval\|export>"),
     ("unknown_sampler", "sample", ["--config.sampling.sampler=euler"], 1,
      r"ValueError: sampling.sampler = 'euler' is invalid; allowed: ancestral, ddim"),
     ("unknown_variance_type", "train", ["--config.diffusion.model_var_type=big"], 1,

@@ -1,4 +1,4 @@
-"""main.py as a user meets it: a fresh machine's first run, its log, progress lines, --help."""
+"""main.py as a user meets it: a fresh machine's first run (README's commands), its log, progress lines, --help."""
 
 import re
 import subprocess
@@ -12,12 +12,10 @@ WARNING_LINE = re.compile(r"^(W|E)\d{4} |^WARNING|Warning:", re.M)
 
 
 @pytest.fixture(scope="module")
-def fresh_run(tmp_path_factory):
-  """A tiny training run on an empty TFDS data_dir (digits prepared on the way), then sample and eval."""
-  root = tmp_path_factory.mktemp("fresh")
-  data_dir, workdir = str(root / "tfds"), str(root / "workdir")
-  flag = f"--config.data.data_dir={data_dir}"
-  return {mode: helpers.run_main("tiny.py", workdir, flag, mode=mode) for mode in ("train", "sample", "eval")}
+def fresh_run(readme_runs):
+  """README's first commands (digits: train, sample, eval) on an empty TFDS data_dir, prepared on the way."""
+  _, procs = readme_runs
+  return dict(zip(("train", "sample", "eval"), procs))
 
 
 @pytest.mark.parametrize("mode", ["train", "sample", "eval"])
@@ -31,13 +29,14 @@ def test_first_run_prepares_digits_and_reports_progress(fresh_run):
   out = fresh_run["train"].stderr
   assert "Prepared the built-in digits dataset" in out
   assert "Compiling the train step" in out
-  assert re.search(r"step 8/8 .* ETA 0:00:00", out)
-  assert re.search(r"preview samples at step 8 \(8 samples, 50 steps each\): 50/50 steps \(100%\), .* ETA 0:00:00", out)
+  assert re.search(r"step 20/20 .* ETA 0:00:00", out)
+  assert re.search(r"preview samples at step 20 \(\d+ samples, 50 steps each\): \d+/\d+ steps \(100%\), .* ETA 0:00:00",
+                   out)
   assert "points/s" not in out and "images/s" in out
 
 
 def test_sample_and_eval_report_progress_inside_the_compiled_loops(fresh_run):
-  assert re.search(r"sampling \(8 samples, 50 steps each\): 50/50 steps \(100%\)", fresh_run["sample"].stderr)
+  assert re.search(r"sampling \(256 samples, 50 steps each\): 200/200 steps \(100%\)", fresh_run["sample"].stderr)
   assert re.search(r"eval bits/dim on test: 50/50 timesteps of a batch \(100%\)", fresh_run["eval"].stderr)
 
 

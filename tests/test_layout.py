@@ -10,7 +10,8 @@ import helpers
 
 RUNTIME = ["config", "experiment", "step", "train", "evaluate", "data", "parallel", "checkpoint", "logs", "images",
            "compiler", "metrics.quality", "metrics.classifier"]
-MATH = ["schedules", "diffusion", "losses", "sampling", "checks", "models.unet", "models.mlp", "models.layers"]
+MATH = ["schedules", "diffusion", "losses", "sampling", "checks", "models.unet", "models.mlp", "models.layers",
+        "pretrained"]
 
 
 def _loaded_after(module: str) -> set[str]:
@@ -35,6 +36,15 @@ def test_sample_eval_and_metrics_never_import_the_training_loop(name):
   loaded = _loaded_after(name)
   assert "diffusion_jax.data" in loaded
   assert not loaded & {"diffusion_jax.train", "diffusion_jax.step"}
+
+
+def test_loading_a_diffusers_checkpoint_never_imports_torch():
+  code = ("import sys, os; from diffusion_jax import pretrained; "
+          "pretrained.load(os.path.join('tests', 'fixtures', 'ddpm-tiny')); "
+          "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'diffusers', 'safetensors')))")
+  out = subprocess.run([sys.executable, "-c", code], cwd=helpers.ROOT, env=helpers.env(), capture_output=True,
+                       text=True, timeout=120, check=True).stdout
+  assert out.splitlines()[-1] == "[]"
 
 
 def test_lint():

@@ -9,12 +9,13 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import helpers
 from configs import toy2d
-from diffusion_jax import data, experiment, train
+from diffusion_jax import data, experiment, losses, train
 from diffusion_jax.metrics import classifier, quality
 
 
@@ -97,6 +98,14 @@ def test_trained_digits_model_scores_far_better_than_an_untrained_one(digits_run
   assert trained["quality/class_balance"] > untrained["class_balance"] + 0.1
   assert trained["quality/confident_share"] > untrained["confident_share"]
   assert trained["quality/dataset_fid_baseline"] == pytest.approx(scorer.baseline["dataset_fid"])
+  # The loss on 64 test digits at fixed t (spread over [0, T)) and noise falls. Measured: 0.979 -> 0.107 (9.2x).
+  source = data.image_source("digits", "test", c.data.data_dir)
+  x0 = data.to_model_input(np.stack([source[i]["image"] for i in range(64)]))
+  t = jnp.arange(64) * (c.diffusion.num_diffusion_steps // 64)
+  noise = jax.random.normal(jax.random.key(9), x0.shape)
+  loss = jax.jit(lambda params: losses.training_losses(
+      experiment.model_fn(exp.model, params), exp.schedule, x0, t, noise)["loss"].mean())
+  assert float(loss(state.params)) < float(loss(init)) / 4
 
 
 def test_real_digits_score_about_their_baseline(data_dir):

@@ -2,8 +2,9 @@
 
 Python blocks are executed with the sizes in `SMALL_PYTHON` replaced (each must occur
 in the block, so a README edit cannot silently skip one). In bash blocks, every
-`python main.py` command runs with `SMALL_MAIN` appended and `workdirs/` moved to a
-temporary directory; `pip install -e ".[EXTRA]"` lines must name extras that
+`python main.py` command runs with `helpers.SMALL_MAIN` appended and `workdirs/` moved
+to a temporary directory (the `readme_runs` fixture of conftest.py, which test_cli.py
+reads as a new user's first run); `pip install -e ".[EXTRA]"` lines must name extras that
 pyproject.toml defines (installing them needs an accelerator or the network).
 """
 
@@ -11,9 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -21,27 +19,10 @@ import pytest
 import helpers
 from diffusion_jax import data
 
-README = open(os.path.join(helpers.ROOT, "README.md")).read()
-BLOCKS = re.findall(r"```(\w+)\n(.*?)```", README, re.S)
-PYTHON = [code for lang, code in BLOCKS if lang == "python"]
-BASH = [code for lang, code in BLOCKS if lang == "bash"]
-
+PYTHON = helpers.readme_blocks("python")
 SMALL_PYTHON = {"num_diffusion_steps=1000": "num_diffusion_steps=50", "ch=128": "ch=32"}
-SMALL_MAIN = ["--config.training.num_train_steps=20", "--config.training.warmup_steps=5",
-              "--config.training.log_every_steps=10", "--config.training.checkpoint_every_steps=20",
-              "--config.training.sample_every_steps=20", "--config.diffusion.num_diffusion_steps=50",
-              "--config.sampling.preview_samples=16", "--config.eval.num_examples=100"]
-
-
-def _main_commands() -> list[list[str]]:
-  commands = []
-  for block in BASH:
-    for line in block.splitlines():
-      for part in line.split("#")[0].split("&&"):
-        words = shlex.split(part)
-        if words[:2] == ["python", "main.py"] and "NAME.py" not in part:
-          commands.append(words)
-  return commands
+_main_commands = helpers.readme_main_commands
+README = helpers.README
 
 
 def test_readme_has_the_blocks_this_module_runs():
@@ -72,19 +53,9 @@ def test_library_example_draws_samples():
   assert np.isfinite(samples).all() and np.abs(samples).max() <= 1.0
 
 
-@pytest.fixture(scope="module")
-def trained_workdir(data_dir, tmp_path_factory):
-  """README's main.py commands (train, sample, eval) run in order in a temporary workdirs/."""
-  root = str(tmp_path_factory.mktemp("readme"))
-  outputs = []
-  for words in _main_commands():
-    cmd = [sys.executable, os.path.join(helpers.ROOT, "main.py")] + [
-        w.replace("workdirs/", os.path.join(root, "workdirs") + "/") for w in words[2:]]
-    cmd += SMALL_MAIN + [f"--config.data.data_dir={data_dir}"]
-    proc = subprocess.run(cmd, env=helpers.env(), cwd=helpers.ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    outputs.append(proc.stderr)
-  return os.path.join(root, "workdirs", "digits"), outputs
+@pytest.fixture
+def trained_workdir(readme_runs):
+  return readme_runs
 
 
 def test_main_commands_train_sample_and_evaluate(trained_workdir):

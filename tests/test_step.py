@@ -11,7 +11,7 @@ import pytest
 import scipy.stats
 
 import reference as ref
-from diffusion_jax import data, experiment, losses
+from diffusion_jax import data, experiment
 from diffusion_jax import step as step_lib
 from helpers import tiny_config
 
@@ -55,6 +55,17 @@ def _draws(seed: int, step: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
   return t, noise
 
 
+def _reference_terms(p, x, step, seed, abar):
+  """float64 residuals r = eps_theta(x_t, t) - eps of one step's batch, with x_t and the scaled timesteps."""
+  B = len(x)
+  t, eps = _draws(seed, step, B)
+  x0 = x.astype(np.float64) / 127.5 - 1.0
+  a = abar[t][:, None, None, None]
+  x_t = (np.sqrt(a) * x0 + np.sqrt(1 - a) * eps).reshape(B, -1)
+  s = t[:, None] / T
+  return x_t @ p["w"] + p["b"] + s * p["c"] - eps.reshape(B, -1), x_t, s, t
+
+
 def _reference_steps(params, images, cfg, seed):
   """float64: L_simple, its gradient in closed form, clip_by_global_norm, Adam with linear warmup, EMA."""
   p = {k: np.asarray(v, np.float64) for k, v in params.items()}
@@ -65,16 +76,10 @@ def _reference_steps(params, images, cfg, seed):
   tc = cfg.config.training
   metrics = []
   for s, x in enumerate(images):
-    B = len(x)
-    t, eps = _draws(seed, s, B)
-    x0 = x.astype(np.float64) / 127.5 - 1.0
-    a = abar[t][:, None, None, None]
-    x_t = (np.sqrt(a) * x0 + np.sqrt(1 - a) * eps).reshape(B, -1)
-    eps = eps.reshape(B, -1)
-    r = x_t @ p["w"] + p["b"] + (t[:, None] / T) * p["c"] - eps
+    r, x_t, scaled_t, _ = _reference_terms(p, x, s, seed, abar)
     loss = np.mean(r**2)
     g_out = 2 * r / r.size
-    grads = {"w": x_t.T @ g_out, "b": g_out.sum(0), "c": ((t[:, None] / T) * g_out).sum(0)}
+    grads = {"w": x_t.T @ g_out, "b": g_out.sum(0), "c": (scaled_t * g_out).sum(0)}
     norm = np.sqrt(sum(np.sum(g**2) for g in grads.values()))
     scale = min(1.0, tc.grad_clip_norm / norm)
     lr = tc.learning_rate * min(s / tc.warmup_steps, 1.0)
@@ -116,6 +121,20 @@ def test_three_steps_equal_a_float64_computation(steps_per_call):
   assert int(state.step) == 3 and int(adam.count) == 3
 
 
+def test_timestep_weights_from_the_config_weight_the_loss():
+  """training.timestep_weights = w gives the loss mean_b w[t_b] |eps_theta - eps|^2 / D (float64 reference)."""
+  weights = tuple(np.linspace(0.0, 3.0, T))
+  exp = _experiment(8, timestep_weights=weights)
+  state = _init(exp)
+  params = {k: np.asarray(v, np.float64) for k, v in state.params.items()}
+  images = np.random.default_rng(1).integers(0, 256, size=(1, 8, *SHAPE), dtype=np.uint8)
+  _, metrics = step_lib.make_train_step(exp, state)(state, {"x": images}, exp.schedule)
+  r, _, _, t = _reference_terms(params, images[0], 0, exp.config.seed, ref.alphas_cumprod(exp.betas))
+  expected = np.mean(np.asarray(weights)[t] * np.mean(r**2, axis=1))
+  np.testing.assert_allclose(metrics["loss"][0], expected, rtol=2e-5)
+  assert not np.isclose(expected, np.mean(r**2), rtol=1e-2)  # the weights change it
+
+
 class _Recorder(nn.Module):
   """Zero output; sends every timestep it is called with to the host."""
 
@@ -139,28 +158,3 @@ def test_timesteps_drawn_by_the_step_are_uniform_over_every_t():
   assert t.shape == (12_800,) and t.min() >= 0 and t.max() < T
   counts = np.bincount(t, minlength=T)
   assert scipy.stats.chisquare(counts).pvalue > 1e-3, counts
-
-
-def test_a_tiny_unet_learns_the_digits(data_dir):
-  """configs/tiny.py's UNet, 80 steps of batch 32: the loss on a fixed held-out batch (64 test digits, fixed t and
-  noise) falls by more than a stated factor. Measured: 0.979 -> 0.221 (4.4x); the bound asks for 2.5x."""
-  c = tiny_config(data_dir, num_train_steps=80, global_batch_size=32, learning_rate=2e-3, warmup_steps=10,
-                  log_every_steps=80, checkpoint_every_steps=80, sample_every_steps=80)
-  exp = experiment.build(c)
-  state = jax.jit(lambda key: experiment.init_state(exp.model, exp.tx, exp.info, key))(jax.random.key(0))
-  source = data.image_source("digits", "test", data_dir)
-  x0 = data.to_model_input(np.stack([source[i]["image"] for i in range(64)]))
-  t = jnp.arange(64) % T
-  noise = jax.random.normal(jax.random.key(9), x0.shape)
-
-  @jax.jit
-  def held_out_loss(params):
-    fn = experiment.model_fn(exp.model, params)
-    return losses.training_losses(fn, exp.schedule, x0, t, noise)["loss"].mean()
-
-  before = float(held_out_loss(state.params))
-  step_fn = step_lib.make_train_step(exp, state)
-  for _, batch in zip(range(80), data.train_batches(c)):
-    state, _ = step_fn(state, batch, exp.schedule)
-  after = float(held_out_loss(state.params))
-  assert after < before / 2.5
