@@ -19,7 +19,9 @@ its `up_blocks.{k}` is our `up_{L-1-k}_*` (diffusers numbers the up path from
 the bottom); the attention's `to_q/to_k/to_v/to_out.0` (or the older
 `query/key/value/proj_attn` of the 2022 uploads) are our `q/k/v/proj_out`.
 Convolutions are (O, I, kh, kw) there and (kh, kw, I, O) here; linear layers and
-1x1 shortcuts are (O, I) and (I, O). Layouts our UNet does not compute (other
+1x1 shortcuts are (O, I) and (I, O). A class-conditional UNet's label embedding is
+diffusers' `class_embedding` with `num_class_embeds = num_classes + 1`, the last row
+our null label. Layouts our UNet does not compute (other
 block types, several heads, symmetric downsampling padding, ...) are refused
 with the config key that says so.
 """
@@ -221,13 +223,12 @@ def _attention(torch_name: str, ours: str) -> Iterator[Tensor]:
     yield from _layer(f"{torch_name}.{theirs}", (ours, mine), "linear")
 
 
-def tensor_map(model: UNet, image_size: int, in_channels: int) -> list[Tensor]:
+def tensor_map(model: UNet, image_size: int) -> list[Tensor]:
   """Every tensor of diffusers' `UNet2DModel` of `model`'s layout, with our parameter it is, in state-dict order.
 
   Args:
     model: our UNet.
     image_size: H (= W) of its inputs; it places the attention levels.
-    in_channels: C of its inputs.
   """
   ch, L, R = model.ch, len(model.ch_mult), model.num_res_blocks
   out = list(_layer("conv_in", ("conv_in",), "conv"))
@@ -309,7 +310,6 @@ def params_from_state_dict(state_dict: dict[str, np.ndarray], model: UNet,
   Raises:
     ValueError: a tensor is missing, unknown (not of this layout), or of the wrong shape; each is named.
   """
-  H, _, C = image_shape
   expected = _param_shapes(model, image_shape)
   given = {}
   for name, array in state_dict.items():
@@ -318,7 +318,7 @@ def params_from_state_dict(state_dict: dict[str, np.ndarray], model: UNet,
       raise ValueError(f"tensor {name!r} appears twice (as {modern!r} too).")
     given[modern] = (name, np.asarray(array))
   flat = {}
-  for t in tensor_map(model, H, C):
+  for t in tensor_map(model, image_shape[0]):
     if t.name not in given:
       raise ValueError(f"tensor {t.name!r} is missing from the checkpoint; it is needed for our {'/'.join(t.path)}.")
     name, array = given.pop(t.name)
@@ -341,7 +341,6 @@ def state_dict_from_params(params: dict[str, Any], model: UNet, image_shape: tup
   Raises:
     ValueError: `params` is not a parameter tree of `model` for `image_shape`.
   """
-  H, _, C = image_shape
   flat = traverse_util.flatten_dict(jax.device_get(params))
   expected = _param_shapes(model, image_shape)
   if set(flat) != set(expected) or any(np.shape(flat[p]) != s for p, s in expected.items()):
@@ -349,7 +348,7 @@ def state_dict_from_params(params: dict[str, Any], model: UNet, image_shape: tup
         "/".join(p) for p, s in expected.items() if np.shape(flat[p]) != s)
     raise ValueError(f"params do not match the model for images of shape {image_shape}: {wrong[:8]}.")
   return {t.name: np.ascontiguousarray(_to_torch(t.kind, np.asarray(flat[t.path])).astype(dtype))
-          for t in tensor_map(model, H, C)}
+          for t in tensor_map(model, image_shape[0])}
 
 
 def _param_shapes(model: UNet, image_shape: tuple[int, int, int]) -> dict[tuple[str, ...], tuple[int, ...]]:

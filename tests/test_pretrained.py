@@ -244,9 +244,13 @@ def test_save_and_load_round_trip(schedule, kwargs, tmp_path):
       "diffusion.model_mean_type": "v", "diffusion.model_var_type": "learned_range", "sampling.clip_denoised": False}
 
 
-def test_export_loads_in_diffusers_with_the_same_outputs_and_schedule(tmp_path):
+@pytest.mark.parametrize("num_classes", [None, 10])
+def test_export_loads_in_diffusers_with_the_same_outputs_and_schedule(num_classes, tmp_path):
+  """Our parameters saved, then read by diffusers' own from_pretrained: the same outputs (with class labels for a
+  conditional model: our null label is its last class embedding) and the same betas."""
   diffusers = pytest.importorskip("diffusers")
-  model = UNet(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), num_groups=4)
+  import torch
+  model = UNet(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), num_groups=4, num_classes=num_classes)
   params = _random_params(model, (8, 8, 1))
   betas = schedules.get_beta_schedule("linear", num_diffusion_steps=50)
   keys = {"diffusion.num_diffusion_steps": 50, "diffusion.beta_schedule": "linear",
@@ -254,10 +258,19 @@ def test_export_loads_in_diffusers_with_the_same_outputs_and_schedule(tmp_path):
   pretrained.save(str(tmp_path), params, model, (8, 8, 1), keys, betas)
   theirs = diffusers.UNet2DModel.from_pretrained(str(tmp_path)).eval()
   x, t = ref.inputs((8, 8, 1), 4, 50)
-  np.testing.assert_allclose(ref.forward(theirs, x, t), _apply(model, params, x, t), atol=1e-5, rtol=1e-5)
+  if num_classes is None:
+    expected, ours = ref.forward(theirs, x, t), _apply(model, params, x, t)
+  else:
+    y = np.array([0, 3, 9, 10])  # 10: the null label
+    with torch.no_grad():
+      expected = theirs(torch.from_numpy(x.transpose(0, 3, 1, 2)), torch.from_numpy(t),
+                        class_labels=torch.from_numpy(y)).sample.numpy().transpose(0, 2, 3, 1)
+    ours = np.asarray(model.apply({"params": params}, x, t, jnp.asarray(y)))
+  np.testing.assert_allclose(expected, ours, atol=1e-5, rtol=1e-5)
   scheduler = diffusers.DDPMScheduler.from_pretrained(str(tmp_path))
   np.testing.assert_allclose(scheduler.betas.numpy(), betas, rtol=1e-6)
   assert scheduler.config.variance_type == "fixed_large" and scheduler.config.clip_sample
+  assert pretrained.load(str(tmp_path)).model == model
 
 
 # ------------------------------------------------------------------------------------------------ main.py
