@@ -32,6 +32,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dropout = 0.1  # unet: dropout rate in the ResNet blocks (training only)
   c.model.num_groups = 32  # unet: GroupNorm groups; every channel count must divide by it
   c.model.remat = False  # unet: recompute each block's activations in the backward pass (less memory)
+  # unet: condition on the dataset's labels (K classes from the data; label K is the null label, the unconditional
+  # model that classifier-free guidance needs)
+  c.model.class_conditional = False
   c.model.hidden = 128  # mlp: width of every layer
   c.model.num_layers = 3  # mlp: residual blocks
 
@@ -60,6 +63,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.training.adam_eps = 1e-8
   c.training.ema_decay = 0.9999  # of the EMA parameters that sampling uses
   c.training.timestep_weights = config_dict.placeholder(tuple)  # None (uniform) or T weights of the MSE per t
+  c.training.label_dropout = 0.1  # class_conditional: each label is the null label with this probability
   c.training.compute_dtype = "float32"  # float32 or bfloat16 (unet activations; parameters stay float32)
   c.training.steps_per_call = 1  # optimizer steps per compiled call (amortises dispatch)
   c.training.on_nonfinite = "error"  # or "skip": drop the update, count it in the metrics
@@ -78,6 +82,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.sampling.batch_size = 64  # samples per compiled call
   c.sampling.preview_samples = 64  # in each training preview grid
   c.sampling.seed = 0  # --mode sample
+  # class_conditional: classifier-free guidance w (0: the unconditional model, 1: the conditional one, > 1: guided)
+  c.sampling.guidance_scale = 1.0
+  # class_conditional, --mode sample and previews: "all" (a grid row per class) or labels such as "3,7" (a row each)
+  c.sampling.labels = "all"
 
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "test"  # --mode eval: bits/dim on this split
@@ -94,4 +102,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.cache_dir = config_dict.placeholder(str)
   c.eval.kid_subsets = 100  # KID: subset pairs
   c.eval.kid_subset_size = 1000  # KID: examples per subset (capped at the sample size)
+  # class_conditional --mode eval: the quality at each guidance scale w, as a table and a PNG plot (None: only
+  # sampling.guidance_scale); samples are drawn for every class in turn
+  c.eval.guidance_scales = config_dict.placeholder(tuple)
   return c

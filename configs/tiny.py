@@ -1,4 +1,4 @@
-"""A tiny UNet on the digits for tests: compiles and trains in seconds.
+"""A tiny class-conditional UNet on the digits for tests: compiles and trains in seconds.
 
     python main.py --config configs/tiny.py --workdir /tmp/tiny
 """
@@ -15,6 +15,7 @@ def get_config():
   c.model.attn_resolutions = (4,)
   c.model.num_groups = 4
   c.model.dropout = 0.1
+  c.model.class_conditional = True  # so that every end-to-end test also carries labels
   c.diffusion.num_diffusion_steps = 50
   c.training.num_train_steps = 8
   c.training.global_batch_size = 8

@@ -16,7 +16,7 @@ from typing import Any
 
 import ml_collections
 
-from diffusion_jax import data, diffusion, schedules
+from diffusion_jax import data, diffusion, sampling, schedules
 from diffusion_jax.checks import is_int
 
 MODELS = ("unet", "mlp")
@@ -100,6 +100,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.sampling.sampler == "ddim" and config.diffusion.model_var_type == "learned_range":
     raise ValueError("sampling.sampler = 'ddim' does not use learned variances; use 'ancestral' with "
                      "diffusion.model_var_type = 'learned_range'.")
+  _check_conditioning(config)
   data.check_dataset_name(config.data.dataset)
   if config.data.dataset in data.TOY_DATASETS and config.model.name != "mlp":
     raise ValueError(f"data.dataset = {config.data.dataset!r} is 2-D points; it needs model.name = 'mlp'.")
@@ -112,6 +113,41 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     if not os.path.isdir(config.pretrained):
       raise FileNotFoundError(f"pretrained = {config.pretrained!r}: no such directory.")
   make_betas(config)
+
+
+def parse_labels(value: str) -> tuple[int, ...] | None:
+  """`sampling.labels`: None for "all", else the comma-separated labels; `ValueError` for anything else."""
+  if value == "all":
+    return None
+  try:
+    labels = tuple(int(v) for v in str(value).split(","))
+  except ValueError:
+    labels = ()
+  if not labels or min(labels) < 0:
+    raise ValueError(f"sampling.labels = {value!r} is invalid; allowed: 'all' or comma-separated class labels "
+                     "(integers >= 0) such as '3,7'.")
+  return labels
+
+
+def _check_conditioning(config: ml_collections.ConfigDict) -> None:
+  """The keys of class conditioning and guidance (the labels' range is checked against the data in `build`)."""
+  _require(config, "model.class_conditional", lambda v: isinstance(v, bool), "True or False")
+  _require(config, "training.label_dropout", lambda v: _is_number(v) and 0 <= v < 1, "a probability in [0, 1)")
+  try:
+    sampling.check_guidance_scale(config.sampling.guidance_scale)
+  except ValueError as e:
+    raise ValueError(f"sampling.{e}") from None
+  _require(config, "eval.guidance_scales", lambda v: v is None or (isinstance(v, (tuple, list)) and len(v) > 0 and all(
+      _is_number(w) and w >= 0 for w in v)), "None or a non-empty tuple of guidance scales w >= 0")
+  parse_labels(config.sampling.labels)
+  if config.model.class_conditional and config.model.name != "unet":
+    raise ValueError(f"model.class_conditional = True needs model.name = 'unet' (the MLP takes no labels), "
+                     f"not {config.model.name!r}.")
+  if not config.model.class_conditional:
+    for key, unset in [("sampling.labels", "all"), ("sampling.guidance_scale", 1.0), ("eval.guidance_scales", None)]:
+      if get(config, key) != unset:
+        raise ValueError(f"{key} = {get(config, key)!r} needs a class-conditional model: set "
+                         "model.class_conditional = True (on a dataset with labels).")
 
 
 def check_workdir_writable(workdir: str) -> None:

@@ -66,12 +66,19 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
   sc = config.sampling
   logging.info("Sampling %d from %s with %s; compiling the sampler...", sc.num_samples, _source(config, step),
                sc.sampler)
-  samples = experiment.Sampler(exp, sc.batch_size)(params, sc.num_samples, jax.random.key(sc.seed))
+  labels, columns = None, None
+  if experiment.num_classes(exp) is not None:
+    labels, columns = experiment.sample_labels(exp, sc.num_samples)
+    logging.info("Labels %s, guidance scale %g: a row of %d samples per label.", sc.labels, sc.guidance_scale,
+                 columns)
+  n = sc.num_samples if labels is None else len(labels)
+  samples = experiment.Sampler(exp, sc.batch_size)(params, n, jax.random.key(sc.seed), labels=labels)
   stem = os.path.join(workdir, f"samples_{_tag(step)}")
   if jax.process_index() == 0:
     stored = data.to_uint8(samples) if exp.info.is_image else samples.astype(np.float32)
-    np.savez_compressed(stem + ".npz", samples=stored)
-    images.save_samples(samples[:256], stem + ".png", exp.info, config.data.dataset)
+    np.savez_compressed(stem + ".npz", samples=stored, **({} if labels is None else {"labels": labels}))
+    shown = samples[:256] if labels is None else samples  # every row of a conditional grid
+    images.save_samples(shown, stem + ".png", exp.info, config.data.dataset, columns)
     logging.info("Wrote %d samples to %s.npz and a grid to %s.png", len(samples), stem, stem)
   return stem + ".npz"
 
@@ -122,27 +129,55 @@ def evaluate_quality(exp: Experiment, params: Any, step: int | None, workdir: st
   """`eval.quality_samples` samples (per `config.sampling`) of `params` scored against the train split, beside
   the baseline; written to `quality_<step>.json` (`quality_pretrained.json` for step None).
 
+  A class-conditional model draws every class in turn, at each guidance scale of `eval.guidance_scales`
+  (or `sampling.guidance_scale`); with several scales the figures also go to `guidance_<step>.png`, a plot
+  of each figure against w.
+
   Returns:
-    Dict with `figures`, `baseline`, `metric`, `num_samples`.
+    Dict with `figures` (with several scales: `{w: figures}`), `baseline`, `metric`, `num_samples`.
   """
   config = exp.config
-  draw = experiment.Sampler(exp, config.sampling.batch_size)
-  samples = draw(params, scorer.num_samples, jax.random.key(config.sampling.seed), "quality samples")
-  figures = scorer.score(samples)
-  logging.info("Quality of %s (%d samples, %s %s): %s", _source(config, step), scorer.num_samples,
-               config.sampling.sampler,
-               experiment.sampling_steps(config), scorer.report(figures))
+  K = experiment.num_classes(exp)
+  scales = [config.sampling.guidance_scale] if K is None or config.eval.guidance_scales is None else [
+      float(w) for w in config.eval.guidance_scales]
+  labels = None if K is None else np.arange(scorer.num_samples) % K
+  by_scale = {}
+  for w in scales:
+    draw = experiment.Sampler(exp, config.sampling.batch_size, w)
+    samples = draw(params, scorer.num_samples, jax.random.key(config.sampling.seed),
+                   "quality samples" + ("" if K is None else f" (w = {w:g})"), labels)
+    by_scale[w] = scorer.score(samples, labels=labels)
+    logging.info("Quality of %s (%d samples, %s %s%s): %s", _source(config, step), scorer.num_samples,
+                 config.sampling.sampler, experiment.sampling_steps(config),
+                 "" if K is None else f", guidance scale {w:g}", scorer.report(by_scale[w]))
+  figures = by_scale[scales[0]] if len(scales) == 1 else by_scale
   if jax.process_index() == 0:
     path = os.path.join(workdir, f"quality_{_tag(step)}.json")
     scorer.write(path, figures, step=step, pretrained=config.pretrained, sampler=config.sampling.sampler,
-                 sampling_steps=experiment.sampling_steps(config), use_ema=config.sampling.use_ema)
+                 sampling_steps=experiment.sampling_steps(config), use_ema=config.sampling.use_ema,
+                 guidance_scales=None if K is None else scales)
     logging.info("Wrote %s", path)
+    if len(scales) > 1:
+      logging.info("Guidance scale sweep:\n%s", guidance_table(by_scale, scorer.baseline))
+      plot = os.path.join(workdir, f"guidance_{_tag(step)}.png")
+      images.save_line_plots(scales, {k: [f[k] for f in by_scale.values()] for k in by_scale[scales[0]]}, plot,
+                             x_label="guidance scale w", baselines=scorer.baseline)
+      logging.info("Wrote %s", plot)
   return {"figures": figures, "baseline": scorer.baseline, "metric": scorer.metric, "num_samples": scorer.num_samples}
 
 
+def guidance_table(by_scale: dict[float, dict[str, float]], baseline: dict[str, float]) -> str:
+  """A plain-text table: one row per guidance scale w, one column per figure, and the real data's row."""
+  names = list(next(iter(by_scale.values())))
+  rows = [["w", *names]] + [[f"{w:g}", *(f"{f[k]:.4g}" for k in names)] for w, f in by_scale.items()]
+  rows.append(["real data", *(f"{baseline[k]:.4g}" if k in baseline else "-" for k in names)])
+  widths = [max(len(r[i]) for r in rows) for i in range(len(names) + 1)]
+  return "\n".join("  ".join(c.rjust(n) for c, n in zip(r, widths)) for r in rows)
+
+
 def evaluate_bpd(exp: Experiment, params: Any, step: int | None, workdir: str) -> dict[str, Any]:
-  """The full variational bound of `params` on `eval.split` in bits/dim; written to `eval_<split>_<step>.json`
-  (`eval_<split>_pretrained.json` for step None).
+  """The full variational bound of `params` on `eval.split` in bits/dim (a class-conditional model's given each
+  example's label); written to `eval_<split>_<step>.json` (`eval_<split>_pretrained.json` for step None).
 
   Returns:
     Dict with `bpd` (mean total), `prior_bpd`, `decoder_bpd` (L_0), `num_examples`,
@@ -152,10 +187,12 @@ def evaluate_bpd(exp: Experiment, params: Any, step: int | None, workdir: str) -
   ec = config.eval
   T = exp.schedule.num_steps
   progress = Progress()
+  conditional = experiment.num_classes(exp) is not None
 
-  def bound(params: Any, schedule: Any, x: jax.Array, key: jax.Array) -> losses.VariationalBound:
+  def bound(params: Any, schedule: Any, x: jax.Array, labels: jax.Array | None,
+            key: jax.Array) -> losses.VariationalBound:
     return losses.variational_bound(
-        experiment.model_fn(exp.model, params), schedule, data.to_model_input(x), key,
+        experiment.model_fn(exp.model, params, labels=labels), schedule, data.to_model_input(x), key,
         model_mean_type=config.diffusion.model_mean_type, model_var_type=config.diffusion.model_var_type,
         clip_denoised=False, timesteps_per_call=ec.timesteps_per_call, progress=progress)
 
@@ -169,8 +206,10 @@ def evaluate_bpd(exp: Experiment, params: Any, step: int | None, workdir: str) -
   count, start = 0.0, time.time()
   for b, batch in zip(range(num_batches), data.eval_batches(config, ec.split, ec.batch_size)):
     progress.offset = b * T
-    arrays = parallel.global_batch({"x": batch["x"], "mask": batch["mask"]}, exp.mesh)
-    vb = bound(params, exp.schedule, arrays["x"], jax.random.fold_in(jax.random.key(config.seed), b))
+    keys = ["x", "mask"] + (["label"] if conditional else [])  # a conditional model's bound given the labels
+    arrays = parallel.global_batch({k: batch[k] for k in keys}, exp.mesh)
+    vb = bound(params, exp.schedule, arrays["x"], arrays.get("label"),
+               jax.random.fold_in(jax.random.key(config.seed), b))
     mask = parallel.gather(arrays["mask"])
     totals["total"] += float((parallel.gather(vb.total_bpd) * mask).sum())
     totals["prior"] += float((parallel.gather(vb.prior_bpd) * mask).sum())

@@ -54,9 +54,13 @@ def build_model(config: ml_collections.ConfigDict, info: data.DatasetInfo) -> nn
   out = 2 * channels if config.diffusion.model_var_type == "learned_range" else None
   if config.model.name == "mlp":
     return MLPDenoiser(hidden=config.model.hidden, num_layers=config.model.num_layers, out_dim=out)
+  if config.model.class_conditional and not info.num_classes:
+    raise ValueError(f"model.class_conditional = True needs labels, and data.dataset = {info.name!r} has none; "
+                     "use a labelled dataset (digits, mnist, fashion_mnist, cifar10).")
   model = UNet(
       ch=config.model.ch, ch_mult=tuple(config.model.ch_mult), num_res_blocks=config.model.num_res_blocks,
       attn_resolutions=tuple(config.model.attn_resolutions), dropout=config.model.dropout, out_channels=out,
+      num_classes=info.num_classes if config.model.class_conditional else None,
       num_groups=config.model.num_groups, dtype=jnp.dtype(config.training.compute_dtype),
       remat=config.model.remat)
   model.check(info.shape)
@@ -95,11 +99,43 @@ def sampling_params(state: TrainState, config: ml_collections.ConfigDict) -> Any
   return state.ema_params if config.sampling.use_ema else state.params
 
 
-def model_fn(model: nn.Module, params: Any, *, train: bool = False,
-             dropout_key: jax.Array | None = None) -> diffusion.ModelFn:
-  """`(x_t, t) -> model output` for the diffusion functions."""
+def model_fn(model: nn.Module, params: Any, *, train: bool = False, dropout_key: jax.Array | None = None,
+             labels: jax.Array | None = None) -> diffusion.ModelFn:
+  """`(x_t, t) -> model output` for the diffusion functions (class-conditional on `labels` when given)."""
   rngs = {"dropout": dropout_key} if train else None
-  return lambda x, t: model.apply({"params": params}, x, t, train=train, rngs=rngs)
+  if labels is None:
+    return lambda x, t: model.apply({"params": params}, x, t, train=train, rngs=rngs)
+  return lambda x, t: model.apply({"params": params}, x, t, labels, train=train, rngs=rngs)
+
+
+def labelled_model_fn(model: nn.Module, params: Any) -> sampling.LabelledModelFn:
+  """`(x_t, t, labels) -> output` of a class-conditional model, for `sampling.classifier_free_guidance`."""
+  return lambda x, t, y: model.apply({"params": params}, x, t, y)
+
+
+def num_classes(exp: Experiment) -> int | None:
+  """K of a class-conditional model (its null label), None for an unconditional one."""
+  return getattr(exp.model, "num_classes", None)
+
+
+def sample_labels(exp: Experiment, num_samples: int) -> tuple[np.ndarray, int]:
+  """The labels of `--mode sample` and the previews per `sampling.labels`, and the grid's columns.
+
+  Returns:
+    (int32 labels of shape (n,), columns): each label of "all" (every class) or of the list in turn fills
+    a row of `columns = max(1, num_samples // number of labels)` samples; n = rows * columns.
+
+  Raises:
+    ValueError: a label outside [0, K).
+  """
+  K = num_classes(exp)
+  chosen = config_lib.parse_labels(exp.config.sampling.labels)
+  chosen = np.arange(K) if chosen is None else np.asarray(chosen)
+  if chosen.max() >= K:
+    raise ValueError(f"sampling.labels = {exp.config.sampling.labels!r} has labels outside [0, {K}): "
+                     f"data.dataset = {exp.info.name!r} has {K} classes.")
+  columns = max(1, num_samples // len(chosen))
+  return np.repeat(chosen, columns).astype(np.int32), columns
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,8 +174,11 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None,
   for key in ["training.global_batch_size", "sampling.preview_samples", "sampling.batch_size"]:
     data.check_batch_divisibility(config_lib.get(config, key), key)
   betas = config_lib.make_betas(config)
-  return Experiment(config, info, model, betas, schedules.make_schedule(betas), build_optimizer(config),
-                    parallel.make_mesh())
+  exp = Experiment(config, info, model, betas, schedules.make_schedule(betas), build_optimizer(config),
+                   parallel.make_mesh())
+  if num_classes(exp) is not None:
+    sample_labels(exp, 1)  # labels outside the data's classes fail here, before anything compiles
+  return exp
 
 
 def abstract_state(exp: Experiment) -> TrainState:
@@ -233,17 +272,20 @@ def export_pretrained(exp: Experiment, params: Any, directory: str) -> None:
   pretrained.save(directory, jax.device_get(params), exp.model, tuple(exp.info.shape), keys, exp.betas)
 
 
-def make_sampler(exp: Experiment, batch_size: int,
-                 progress: ProgressFn | None = None) -> Callable[[Any, jax.Array], jax.Array]:
-  """jit(params, key) -> samples of shape `(batch_size, *shape)`, sharded over the mesh, per `config.sampling`.
+def make_sampler(exp: Experiment, batch_size: int, progress: ProgressFn | None = None,
+                 guidance_scale: float | None = None) -> Callable[..., jax.Array]:
+  """jit(params, key[, labels]) -> samples of shape `(batch_size, *shape)`, sharded over the mesh, per
+  `config.sampling`.
 
   Args:
     exp: the experiment.
     batch_size: samples per call; divisible by the number of devices.
     progress: host function the compiled chain reports its steps done to (`logs.Progress`).
+    guidance_scale: a class-conditional model's w; `sampling.guidance_scale` when None.
 
   Returns:
-    The sampler; samples are in [-1, 1] for images (clipped x_0 predictions) or points.
+    The sampler; samples are in [-1, 1] for images (clipped x_0 predictions) or points. A
+    class-conditional model's sampler takes int labels of shape `(batch_size,)`.
   """
   sharding = parallel.batch_sharding(exp.mesh)
   shape = (batch_size, *exp.info.shape)
@@ -252,9 +294,16 @@ def make_sampler(exp: Experiment, batch_size: int,
   schedule = exp.schedule
   if sc.sampler == "ancestral" and sc.num_steps is not None and sc.num_steps != schedule.num_steps:
     schedule = schedules.respace(exp.betas, schedules.space_timesteps(schedule.num_steps, sc.num_steps))
+  K = num_classes(exp)
+  w = sc.guidance_scale if guidance_scale is None else guidance_scale
 
-  def draw(params: Any, schedule: schedules.DiffusionSchedule, key: jax.Array) -> jax.Array:
-    fn = model_fn(exp.model, params)
+  def draw(params: Any, schedule: schedules.DiffusionSchedule, key: jax.Array,
+           labels: jax.Array | None) -> jax.Array:
+    if K is None:
+      fn = model_fn(exp.model, params)
+    else:
+      fn = sampling.classifier_free_guidance(labelled_model_fn(exp.model, params), labels, K, w,
+                                             learned_variance=dc.model_var_type == "learned_range")
     if sc.sampler == "ddim":
       return sampling.ddim_sample(fn, schedule, shape, key, num_steps=sc.num_steps, eta=sc.eta,
                                   model_mean_type=dc.model_mean_type, clip_denoised=clip, sharding=sharding,
@@ -264,7 +313,18 @@ def make_sampler(exp: Experiment, batch_size: int,
                            progress=progress)
 
   jitted = compiler.jit(draw, out_shardings=sharding)
-  return lambda params, key: jitted(params, schedule, key)
+
+  def sampler(params: Any, key: jax.Array, labels: jax.Array | None = None) -> jax.Array:
+    if (labels is None) != (K is None):
+      raise ValueError("a class-conditional model samples with labels (shape (batch,)), an unconditional one "
+                       f"without; this model has num_classes = {K}, labels = {labels}.")
+    if labels is not None:
+      labels = jnp.asarray(labels, jnp.int32)
+      if labels.shape != (batch_size,) or int(labels.min()) < 0 or int(labels.max()) > K:
+        raise ValueError(f"labels must be ints in [0, {K}] (K = {K} is the null label) of shape ({batch_size},).")
+      labels = jax.device_put(labels, sharding)
+    return jitted(params, schedule, key, labels)
+  return sampler
 
 
 def sampling_steps(config: ml_collections.ConfigDict) -> int:
@@ -278,15 +338,17 @@ class Sampler:
   Batch `b` uses `fold_in(key, b)`, so the samples do not depend on the number of devices.
   """
 
-  def __init__(self, exp: Experiment, batch_size: int):
-    """Compiles (on first use) the sampler of `exp.config.sampling` for batches of `batch_size`."""
+  def __init__(self, exp: Experiment, batch_size: int, guidance_scale: float | None = None):
+    """Compiles (on first use) the sampler of `exp.config.sampling` for batches of `batch_size` (and guidance w)."""
     data.check_batch_divisibility(batch_size, "batch_size")
     self.batch_size = batch_size
     self.steps = sampling_steps(exp.config)
+    self.num_classes = num_classes(exp)
     self.progress = Progress()
-    self._draw = make_sampler(exp, batch_size, self.progress)
+    self._draw = make_sampler(exp, batch_size, self.progress, guidance_scale)
 
-  def __call__(self, params: Any, num_samples: int, key: jax.Array, label: str = "sampling") -> np.ndarray:
+  def __call__(self, params: Any, num_samples: int, key: jax.Array, label: str = "sampling",
+               labels: np.ndarray | None = None) -> np.ndarray:
     """`num_samples` samples as float32 numpy of shape `(num_samples, *info.shape)`, on every host.
 
     Args:
@@ -294,13 +356,23 @@ class Sampler:
       num_samples: how many.
       key: PRNG key.
       label: what the progress lines call this.
+      labels: a class-conditional model's class of each sample, shape `(num_samples,)`; None: every class
+        in turn (0, 1, ..., K-1, 0, ...).
     """
+    if self.num_classes is not None and labels is None:
+      labels = np.arange(num_samples) % self.num_classes
     num_batches = -(-num_samples // self.batch_size)
+    if labels is not None:  # the last batch is filled up with the last label
+      labels = np.asarray(labels, np.int32)
+      if labels.shape != (num_samples,):
+        raise ValueError(f"labels must have shape ({num_samples},), got {labels.shape}.")
+      labels = np.pad(labels, (0, num_batches * self.batch_size - num_samples), mode="edge")
     self.progress.start(f"{label} ({num_samples} samples, {self.steps} steps each)", num_batches * self.steps)
     out = []
     for b in range(num_batches):
       self.progress.offset = b * self.steps
-      out.append(parallel.gather(self._draw(params, jax.random.fold_in(key, b))))
+      y = None if labels is None else labels[b * self.batch_size:(b + 1) * self.batch_size]
+      out.append(parallel.gather(self._draw(params, jax.random.fold_in(key, b), y)))
     return np.concatenate(out)[:num_samples]
 
 

@@ -11,11 +11,12 @@ from PIL import Image, ImageDraw
 from diffusion_jax import data
 
 
-def image_grid(images: np.ndarray, *, padding: int = 2, min_cell: int = 64) -> np.ndarray:
+def image_grid(images: np.ndarray, *, columns: int | None = None, padding: int = 2, min_cell: int = 64) -> np.ndarray:
   """Tiles uint8 images `(N, H, W, C)` into one `(rows*H', cols*W', 3)` image, upscaling small ones (nearest).
 
   Args:
     images: uint8, C in {1, 3}.
+    columns: images per row; None for a square grid.
     padding: pixels between cells.
     min_cell: images smaller than this are enlarged by an integer factor.
 
@@ -29,7 +30,7 @@ def image_grid(images: np.ndarray, *, padding: int = 2, min_cell: int = 64) -> n
   images = images.repeat(scale, 1).repeat(scale, 2)
   if c == 1:
     images = images.repeat(3, -1)
-  cols = math.ceil(math.sqrt(n))
+  cols = columns or math.ceil(math.sqrt(n))
   rows = math.ceil(n / cols)
   H, W = h * scale + padding, w * scale + padding
   grid = np.full((rows * H + padding, cols * W + padding, 3), 255, np.uint8)
@@ -39,9 +40,9 @@ def image_grid(images: np.ndarray, *, padding: int = 2, min_cell: int = 64) -> n
   return grid
 
 
-def save_image_grid(images: np.ndarray, path: str) -> None:
+def save_image_grid(images: np.ndarray, path: str, columns: int | None = None) -> None:
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  Image.fromarray(image_grid(images)).save(path)
+  Image.fromarray(image_grid(images, columns=columns)).save(path)
 
 
 def save_scatter(points: np.ndarray, path: str, reference: np.ndarray | None = None, size: int = 512,
@@ -58,9 +59,62 @@ def save_scatter(points: np.ndarray, path: str, reference: np.ndarray | None = N
   img.save(path)
 
 
-def save_samples(samples: np.ndarray, path: str, info: data.DatasetInfo, dataset: str) -> None:
-  """A grid of image samples in [-1, 1], or a scatter plot of 2-D samples against the data."""
+def save_samples(samples: np.ndarray, path: str, info: data.DatasetInfo, dataset: str,
+                 columns: int | None = None) -> None:
+  """A grid of image samples in [-1, 1] (`columns` per row; None: square), or a scatter plot of 2-D samples."""
   if info.is_image:
-    save_image_grid(data.to_uint8(samples), path)
+    save_image_grid(data.to_uint8(samples), path, columns)
   else:
     save_scatter(samples, path, reference=data.toy_reference(dataset))
+
+
+def _line_plot(draw: ImageDraw.ImageDraw, left: int, panel: tuple[int, int], xs: list[float], ys: list[float],
+               ref: float | None, title: str, x_label: str) -> None:
+  """One panel of `save_line_plots`, with its left edge at `left`."""
+  W, H = panel
+  margin = 42
+  values = ys + ([] if ref is None else [ref])
+  x_lo, x_hi = min(xs), (max(xs) if max(xs) > min(xs) else min(xs) + 1)
+  y_lo, y_hi = min(values), (max(values) if max(values) > min(values) else min(values) + 1)
+
+  def px(x: float, y: float) -> tuple[float, float]:
+    return (left + margin + (x - x_lo) / (x_hi - x_lo) * (W - 1.5 * margin),
+            H - margin - (y - y_lo) / (y_hi - y_lo) * (H - 1.7 * margin))
+
+  draw.rectangle((left + margin, 0.7 * margin, left + W - margin / 2, H - margin), outline=(120, 120, 120))
+  if ref is not None:
+    (x0, y), (x1, _) = px(x_lo, ref), px(x_hi, ref)
+    for a in np.arange(x0, x1, 8):
+      draw.line((a, y, min(a + 4, x1), y), fill=(150, 150, 150))
+  points = [px(x, y) for x, y in zip(xs, ys)]
+  draw.line(points, fill=(200, 30, 30), width=2)
+  for x, y in points:
+    draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=(200, 30, 30))
+  draw.text((left + margin, 8), title, fill="black")
+  for x in xs:
+    draw.text((px(x, y_lo)[0] - 6, H - margin + 4), f"{x:g}", fill="black")
+  draw.text((left + W / 2 - 30, H - 16), x_label, fill="black")
+  for y in (y_lo, y_hi):
+    draw.text((left + 2, px(x_lo, y)[1] - 6), f"{y:.3g}", fill="black")
+
+
+def save_line_plots(xs: list[float], series: dict[str, list[float]], path: str, *, x_label: str = "x",
+                    baselines: dict[str, float] | None = None, panel: tuple[int, int] = (320, 220)) -> None:
+  """One small line plot per series (y against `xs`), side by side, as a PNG; a series' baseline dashed in grey.
+
+  Args:
+    xs: the x values, shared by every series.
+    series: name -> y values, one per x.
+    path: the PNG to write.
+    x_label: the x axis's name.
+    baselines: name -> a reference value drawn as a horizontal dashed line (e.g. real data's).
+    panel: (width, height) of each plot in pixels.
+  """
+  W, H = panel
+  img = Image.new("RGB", (W * len(series), H), "white")
+  draw = ImageDraw.Draw(img)
+  for i, (name, ys) in enumerate(series.items()):
+    ref = None if baselines is None else baselines.get(name)
+    _line_plot(draw, i * W, (W, H), list(xs), list(ys), ref, name, x_label)
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  img.save(path)

@@ -32,6 +32,8 @@ from diffusion_jax.schedules import DiffusionSchedule, space_timesteps
 
 # (x_t, step inputs, noise key) -> (x_prev, pred_xstart)
 StepFn = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array]]
+# (x_t, t, labels) -> network output: a class-conditional network.
+LabelledModelFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
 class Trajectory(NamedTuple):
@@ -40,6 +42,55 @@ class Trajectory(NamedTuple):
   timesteps: jax.Array  # (S,) schedule index t of each saved state
   x_t: jax.Array  # (S, *shape) the state before step t
   pred_xstart: jax.Array  # (S, *shape) the x_0 predicted at step t
+
+
+def check_guidance_scale(guidance_scale: float) -> float:
+  """Raises `ValueError` unless the guidance scale w is a finite number >= 0."""
+  if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not (
+      0 <= guidance_scale < float("inf")):
+    raise ValueError(f"guidance_scale = {guidance_scale!r} is invalid; allowed: a number w >= 0 (0: the "
+                     "unconditional model, 1: the conditional one, > 1: guided).")
+  return float(guidance_scale)
+
+
+def classifier_free_guidance(model_fn: LabelledModelFn, labels: jax.Array, null_label: int, guidance_scale: float,
+                             *, learned_variance: bool = False) -> ModelFn:
+  """out = out(x, t, null) + w (out(x, t, y) - out(x, t, null)): classifier-free guidance (Ho & Salimans 2022).
+
+  Both predictions come from one network call on the doubled batch [x; x] with labels
+  [y; null]. w = 1 is the conditional network (one call with y), w = 0 the
+  unconditional one (one call with the null label). The combination weights sum to 1,
+  so guiding the network's output (eps, x_0 or v) is guiding eps. With learned
+  variances only the mean channels are guided; the variance channels are the
+  conditional prediction's.
+
+  Args:
+    model_fn: `model_fn(x_t, t, labels) -> output`.
+    labels: int labels y of shape `(batch,)`.
+    null_label: the label of the unconditional model (the UNet's `num_classes`).
+    guidance_scale: w >= 0 (a Python number: it selects the program).
+    learned_variance: the output's last axis is [mean channels, variance channels].
+
+  Returns:
+    The guided `model_fn(x_t, t) -> output`.
+  """
+  w = check_guidance_scale(guidance_scale)
+  if labels.ndim != 1:
+    raise ValueError(f"labels must have shape (batch,), got {labels.shape}.")
+  if w == 1.0:
+    return lambda x, t: model_fn(x, t, labels)
+  null = jnp.full_like(labels, null_label)
+  if w == 0.0:
+    return lambda x, t: model_fn(x, t, null)
+
+  def guided(x: jax.Array, t: jax.Array) -> jax.Array:
+    out = model_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]), jnp.concatenate([labels, null]))
+    cond, uncond = jnp.split(out, 2)
+    if not learned_variance:
+      return uncond + w * (cond - uncond)
+    (mean_c, var_c), (mean_u, _) = jnp.split(cond, 2, axis=-1), jnp.split(uncond, 2, axis=-1)
+    return jnp.concatenate([mean_u + w * (mean_c - mean_u), var_c], axis=-1)
+  return guided
 
 
 def _check_shape(shape: tuple[int, ...]) -> tuple[int, ...]:

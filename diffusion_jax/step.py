@@ -4,8 +4,9 @@
 sharded along `'data'` and the state replicated and donated. The batch always
 has a leading steps axis (`training.steps_per_call`, 1 by default), scanned
 over, so one compiled call can amortise dispatch over several steps. Per-step
-randomness is `fold_in(key(seed), step)`, generated for the global batch inside
-the program, so a run's result depends on the config and seed, not on the
+randomness is `fold_in(key(seed), step)` (split into the timesteps', the noise's
+and dropout's keys; folded with 3 for label dropout), generated for the global
+batch inside the program, so a run's result depends on the config and seed, not on the
 number of devices or hosts.
 """
 
@@ -35,13 +36,22 @@ class StepConfig:
   ema_decay: float
   skip_nonfinite: bool
   timestep_weights: tuple[float, ...] | None = None
+  num_classes: int | None = None  # class-conditional: K, also the null label
+  label_dropout: float = 0.0
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> StepConfig:
+  def from_config(cls, config: ml_collections.ConfigDict, num_classes: int | None = None) -> StepConfig:
+    """The step of `config`; `num_classes` is the model's (None: unconditional)."""
     weights = config.training.timestep_weights
     return cls(config.seed, config.diffusion.model_mean_type, config.diffusion.model_var_type,
                float(config.training.ema_decay), config.training.on_nonfinite == "skip",
-               None if weights is None else tuple(float(w) for w in weights))
+               None if weights is None else tuple(float(w) for w in weights), num_classes,
+               float(config.training.label_dropout) if num_classes is not None else 0.0)
+
+
+def drop_labels(labels: jax.Array, key: jax.Array, rate: float, null_label: int) -> jax.Array:
+  """Each label replaced by `null_label` with probability `rate`, independently (classifier-free guidance)."""
+  return jnp.where(jax.random.bernoulli(key, rate, labels.shape), null_label, labels)
 
 
 def _one_step(state: TrainState, batch: dict[str, jax.Array], schedule: schedules.DiffusionSchedule, *,
@@ -53,10 +63,13 @@ def _one_step(state: TrainState, batch: dict[str, jax.Array], schedule: schedule
   t = jax.random.randint(t_key, x_start.shape[:1], 0, schedule.num_steps)
   noise = jax.random.normal(noise_key, x_start.shape)
   weights = None if cfg.timestep_weights is None else jnp.asarray(cfg.timestep_weights, jnp.float32)
+  labels = None
+  if cfg.num_classes is not None:  # the labels' stream: the step key folded with 3
+    labels = drop_labels(batch["label"], jax.random.fold_in(key, 3), cfg.label_dropout, cfg.num_classes)
 
   def loss_fn(params: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
     terms = losses.training_losses(
-        model_fn(model, params, train=True, dropout_key=dropout_key), schedule, x_start, t, noise,
+        model_fn(model, params, train=True, dropout_key=dropout_key, labels=labels), schedule, x_start, t, noise,
         model_mean_type=cfg.model_mean_type, model_var_type=cfg.model_var_type, timestep_weights=weights)
     return jnp.mean(terms["loss"]), terms
 
@@ -117,6 +130,6 @@ def make_train_step(exp: Experiment, state: TrainState) -> Any:
   state_sharding = jax.tree.map(lambda a: a.sharding, state)
   return compiler.jit(
       functools.partial(train_step, model=exp.model, tx=exp.tx, lr_fn=learning_rate_fn(exp.config),
-                        cfg=StepConfig.from_config(exp.config)),
+                        cfg=StepConfig.from_config(exp.config, getattr(exp.model, "num_classes", None))),
       in_shardings=(state_sharding, parallel.batch_sharding(exp.mesh, 1), parallel.replicated(exp.mesh)),
       out_shardings=(state_sharding, parallel.replicated(exp.mesh)), donate_argnums=0)

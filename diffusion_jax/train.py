@@ -91,6 +91,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   scorer = quality.Scorer(config, exp.info, exp.mesh) if qc.quality_every_steps else None
   step_fn = make_train_step(exp, state)
   preview = experiment.Sampler(exp, config.sampling.preview_samples)
+  K = experiment.num_classes(exp)
+  # The preview grid: preview_samples images, or for a conditional model a row of `columns` per class.
+  n_preview = config.sampling.preview_samples
+  rows, columns = (1, n_preview) if K is None else (K, max(1, n_preview // K))
+  grid_order = np.arange(rows * columns).reshape(columns, rows).T.ravel()  # labels i % K -> row-major by class
   batches = data.iterate(data.train_batches(config), step // k)
   writer = MetricWriter(workdir)
   preemption = _Preemption() if jax.process_count() == 1 else None
@@ -145,15 +150,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       grid = step % tc.sample_every_steps == 0 or last
       score = scorer is not None and (step % qc.quality_every_steps == 0 or last)
       if grid or score:  # one draw serves both; every process takes part
-        n = max(config.sampling.preview_samples if grid else 0, qc.quality_samples if score else 0)
+        n = max(rows * columns if grid else 0, qc.quality_samples if score else 0)
+        labels = None if K is None else np.arange(n) % K  # every class in turn
         samples = preview(state.ema_params, n, jax.random.fold_in(jax.random.key(config.seed + 1), step),
-                          f"{'preview' if grid else 'quality'} samples at step {step}")
+                          f"{'preview' if grid else 'quality'} samples at step {step}", labels)
         if grid and jax.process_index() == 0:
           path = os.path.join(workdir, "samples", f"step_{step:08d}.png")
-          images.save_samples(samples[:config.sampling.preview_samples], path, exp.info, config.data.dataset)
+          shown = samples[:rows * columns] if K is None else samples[grid_order]  # conditional: a row per class
+          images.save_samples(shown, path, exp.info, config.data.dataset, None if K is None else columns)
           logging.info("Wrote %s", path)
         if score:
-          figures = scorer.score(samples[:qc.quality_samples])
+          figures = scorer.score(samples[:qc.quality_samples],
+                                 labels=None if labels is None else labels[:qc.quality_samples])
           logging.info("Quality at step %d (%d EMA samples): %s", step, qc.quality_samples, scorer.report(figures))
           writer.write(step, scorer.as_metrics(figures))
         last_time = time.time()  # the preview's time is not training time

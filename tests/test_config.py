@@ -5,7 +5,8 @@ import pytest
 
 from configs import default, tiny
 from diffusion_jax import config as config_lib
-from diffusion_jax import schedules
+from diffusion_jax import data, experiment, schedules
+from helpers import tiny_config
 
 
 def test_every_schedule_argument_is_a_config_key():
@@ -66,3 +67,33 @@ def test_flat_keys_are_every_leaf():
   keys = config_lib.flat_keys(default.get_config())
   assert "training.num_train_steps" in keys and "diffusion.beta_kwargs.max_beta" in keys
   assert "training" not in keys and len(keys) == len(set(keys))
+
+
+@pytest.mark.parametrize("overrides,match", [
+    ({"sampling.guidance_scale": -1.0}, r"sampling.guidance_scale = -1.0 is invalid; allowed: a number w >= 0"),
+    ({"training.label_dropout": 1.0}, r"training.label_dropout = 1.0 is invalid; allowed: a probability in \[0, 1\)"),
+    ({"sampling.labels": "3,x"}, r"sampling.labels = '3,x' is invalid; allowed: 'all' or comma-separated"),
+    ({"sampling.labels": "3,10"}, r"sampling.labels = '3,10' has labels outside \[0, 10\): data.dataset = 'digits' "
+                                  r"has 10 classes"),
+    ({"model.class_conditional": False, "sampling.labels": "3"},
+     r"sampling.labels = '3' needs a class-conditional model: set model.class_conditional = True"),
+    ({"model.class_conditional": False, "sampling.guidance_scale": 2.0}, r"sampling.guidance_scale = 2.0 needs a"),
+    ({"eval.guidance_scales": (1.0, -2.0)}, r"eval.guidance_scales = \(1.0, -2.0\) is invalid"),
+])
+def test_bad_conditioning_is_refused_before_anything_compiles(overrides, match):
+  c = tiny_config("/nonexistent")
+  for key, value in overrides.items():
+    section, name = key.split(".")
+    c[section][name] = value
+  with pytest.raises(ValueError, match=match):
+    experiment.build(c, info=data.DatasetInfo("digits", (8, 8, 1), 10, True))
+
+
+def test_a_conditional_model_needs_a_dataset_with_labels():
+  with pytest.raises(ValueError, match=r"model.class_conditional = True needs labels, and data.dataset = 'digits' "
+                                       r"has none"):
+    experiment.build(tiny_config("/nonexistent"), info=data.DatasetInfo("digits", (8, 8, 1), None, True))
+  c = tiny_config("/nonexistent")
+  c.model.name = "mlp"
+  with pytest.raises(ValueError, match="model.class_conditional = True needs model.name = 'unet'"):
+    config_lib.validate_config(c)

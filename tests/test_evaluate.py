@@ -1,6 +1,7 @@
 """The sample and eval modes' computations against the library functions they stand for, from the raw data."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -24,18 +25,20 @@ def test_a_padded_last_batch_gives_the_bits_per_dim_of_the_real_examples_only(da
   got = evaluate.evaluate_bpd(exp, params, 0, str(tmp_path))
   source = data.image_source("digits", "test", data_dir)
   images = np.stack([np.asarray(source[i]["image"]) for i in range(len(source))])
+  labels = np.array([int(source[i]["label"]) for i in range(len(source))])
   assert len(images) == data.DIGITS_TEST_SIZE == 297
 
   @compiler.jit
-  def bound(params, x, key):
-    return losses.variational_bound(experiment.model_fn(exp.model, params), exp.schedule, data.to_model_input(x), key,
-                                    timesteps_per_call=c.eval.timesteps_per_call)
+  def bound(params, x, labels, key):  # configs/tiny.py is class-conditional: the bound given each label
+    return losses.variational_bound(experiment.model_fn(exp.model, params, labels=labels), exp.schedule,
+                                    data.to_model_input(x), key, timesteps_per_call=c.eval.timesteps_per_call)
 
   totals, terms = [], []
   for b in range(3):
     real = images[100 * b:100 * (b + 1)]
     padded = np.concatenate([real, np.zeros((100 - len(real), *real.shape[1:]), real.dtype)])
-    vb = bound(params, padded, jax.random.fold_in(jax.random.key(c.seed), b))
+    padded_labels = np.pad(labels[100 * b:100 * (b + 1)], (0, 100 - len(real)))
+    vb = bound(params, padded, padded_labels, jax.random.fold_in(jax.random.key(c.seed), b))
     totals.append(np.asarray(vb.total_bpd)[:len(real)])
     terms.append(np.asarray(vb.terms_bpd)[:len(real)])
   assert got["num_examples"] == 297
@@ -52,8 +55,9 @@ def test_the_configs_respaced_and_ddim_samplers_are_the_library_functions(sample
   exp = experiment.build(c, info=INFO)
   params = _params(exp)
   key = jax.random.key(3)
-  got = experiment.make_sampler(exp, 8)(params, key)
-  fn = experiment.model_fn(exp.model, params)
+  labels = jnp.arange(8) % 10  # configs/tiny.py is class-conditional; w = 1: the conditional network
+  got = experiment.make_sampler(exp, 8)(params, key, labels)
+  fn = experiment.model_fn(exp.model, params, labels=labels)
   shape = (8, 8, 8, 1)
   if sampler == "ddim":
     want = sampling.ddim_sample(fn, exp.schedule, shape, key, num_steps=10, eta=0.5)

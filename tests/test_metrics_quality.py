@@ -73,7 +73,8 @@ def test_classifier_is_accurate_deterministic_and_cached(data_dir, tmp_path):
 def digits_run(data_dir, tmp_path_factory):
   """A small UNet trained in-process for 400 steps, scored by the loop at its end (297 DDIM-50 samples)."""
   workdir = str(tmp_path_factory.mktemp("quality_digits"))
-  c = _digits(data_dir, **{"model.ch": 32, "model.num_groups": 8, "diffusion.num_diffusion_steps": 1000,
+  c = _digits(data_dir, **{"model.ch": 32, "model.num_groups": 8, "model.class_conditional": False,
+                           "diffusion.num_diffusion_steps": 1000,
                            "training.num_train_steps": 400, "training.global_batch_size": 64,
                            "training.warmup_steps": 50, "training.ema_decay": 0.99, "training.log_every_steps": 100,
                            "training.checkpoint_every_steps": 400, "training.sample_every_steps": 400,

@@ -278,6 +278,7 @@ def test_export_loads_in_diffusers_with_the_same_outputs_and_schedule(num_classe
 
 def _tiny_pretrained_config(data_dir: str):
   c = tiny_config(data_dir)
+  c.model.class_conditional = False  # as the fixture
   c.pretrained = TINY
   return c
 
@@ -287,7 +288,7 @@ def test_main_samples_and_evaluates_from_a_diffusers_directory(data_dir, tmp_pat
   parameters, not on a fresh init); --mode eval gives the bound of those weights."""
   workdir = str(tmp_path / "w")
   helpers.run_main("tiny.py", workdir, f"--config.pretrained={TINY}", f"--config.data.data_dir={data_dir}",
-                   mode="sample")
+                   "--config.model.class_conditional=False", mode="sample")
   images = np.load(os.path.join(workdir, "samples_pretrained.npz"))["samples"]
   assert os.path.exists(os.path.join(workdir, "samples_pretrained.png"))
   c = _tiny_pretrained_config(data_dir)

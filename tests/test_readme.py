@@ -17,19 +17,20 @@ import numpy as np
 import pytest
 
 import helpers
-from diffusion_jax import data
+from diffusion_jax import data, evaluate, experiment
 
 PYTHON = helpers.readme_blocks("python")
-SMALL_PYTHON = {"num_diffusion_steps=1000": "num_diffusion_steps=50", "ch=128": "ch=32"}
+SMALL_PYTHON = {"num_diffusion_steps=1000": "num_diffusion_steps=50", "ch=128": "ch=32",
+                "ch_mult=(1, 2, 2, 2)": "ch_mult=(1, 2)"}
 _main_commands = helpers.readme_main_commands
 README = helpers.README
 
 
 def test_readme_has_the_blocks_this_module_runs():
   assert len(PYTHON) == 3
-  assert [c[2:4] for c in _main_commands()] == [["--config", "configs/digits.py"]] * 5
+  assert [c[2:4] for c in _main_commands()] == [["--config", "configs/digits.py"]] * 3
   modes = [c[c.index("--mode") + 1] if "--mode" in c else "train" for c in _main_commands()]
-  assert modes == ["train", "sample", "eval", "export", "sample"]
+  assert modes == ["train", "sample", "eval"]
 
 
 def test_pip_extras_in_readme_exist():
@@ -80,10 +81,17 @@ def test_loading_a_trained_workdir_and_sampling(trained_workdir):
   np.testing.assert_array_equal(data.to_uint8(samples), cli[:64])
 
 
-def test_export_and_its_reload_sample_as_the_run_does(trained_workdir):
-  """README's export, then --mode sample from the export: the run's own samples (EMA parameters, same seed)."""
+def test_export_and_its_reload(trained_workdir):
+  """README's export commands (its text block), in-process: the export holds the run's EMA parameters, and
+  --mode sample from it draws the run's own samples (same seed); then README's python block reads it."""
   workdir, _ = trained_workdir
-  from_export = np.load(os.path.join(os.path.dirname(workdir), "digits_export", "samples_pretrained.npz"))["samples"]
+  export = [line for line in README.splitlines() if line.startswith("python main.py") and "--mode" in line][-2:]
+  assert "--mode export" in export[0] and "--config.pretrained=workdirs/digits/diffusers" in export[1]
+  config = experiment.load(workdir).config
+  evaluate.export(config, workdir)
+  config.pretrained = os.path.join(workdir, "diffusers")
+  again = os.path.join(os.path.dirname(workdir), "digits_export")
+  from_export = np.load(evaluate.sample(config, again))["samples"]
   from_run = np.load(os.path.join(workdir, "samples_00000020.npz"))["samples"]
   np.testing.assert_array_equal(from_export, from_run[:len(from_export)])
   code = PYTHON[2]

@@ -222,3 +222,80 @@ def test_ddim_clips_the_predicted_x0_when_asked(clip):
       np.testing.assert_allclose(out, np.full(shape, 1.0 if clip else 5.0), rtol=1e-6)
     else:  # eps = 0: x_0 = x_T / sqrt(abar_T), ~150 x_T; clipped it cannot leave [-1, 1]
       assert (np.abs(out) <= 1.0).all() if clip else (np.abs(out) > 1.0).any()
+
+
+# ---------------------------------------------------------------------------------- classifier-free guidance
+
+CLASS_M, CLASS_S = np.array([-0.6, 0.1, 0.7]), np.array([0.2, 0.5, 0.3])  # class k: N(m_k, s_k^2); K = 3
+
+
+def class_gaussian_oracle(x_t, t, y):
+  """The optimal eps of class y's Gaussian; for the null label y = 3, of their equal-weight mixture (the
+  posterior-weighted per-class predictions: p(k | x_t) from N(x_t; sqrt(abar) m_k, abar s_k^2 + 1 - abar))."""
+  abar = SCHED.alphas_cumprod[t][:, None, None]
+  m, s = jnp.asarray(CLASS_M)[None, None, :], jnp.asarray(CLASS_S)[None, None, :]
+  var = abar * s**2 + 1 - abar
+  eps_k = jnp.sqrt(1 - abar) * (x_t[..., None] - jnp.sqrt(abar) * m) / var  # (B, D, K)
+  logp = -0.5 * (x_t[..., None] - jnp.sqrt(abar) * m) ** 2 / var - 0.5 * jnp.log(var)
+  mixture = jnp.sum(jax.nn.softmax(logp, axis=-1) * eps_k, axis=-1)
+  per_class = jnp.take_along_axis(eps_k, jnp.minimum(y, 2)[:, None, None].repeat(x_t.shape[1], 1), axis=-1)[..., 0]
+  return jnp.where((y == 3)[:, None], mixture, per_class)
+
+
+def test_guidance_on_a_class_conditional_gaussian_oracle():
+  """w = 1 samples each class's exact sampler law; the null label (w = 0) the mixture's mean and variance;
+  within 5 standard errors of 100k scalars (about 33k per class)."""
+  labels = jnp.arange(N_ROWS) % 3
+  draw = lambda w, key: sampling.sample(sampling.classifier_free_guidance(class_gaussian_oracle, labels, 3, w), SCHED,
+                                        (N_ROWS, N_DIMS), key, model_var_type="fixed_small", clip_denoised=False)
+  x = np.asarray(draw(1.0, jax.random.key(11)))
+  for k in range(3):
+    rows = x[np.asarray(labels) == k]
+    mu, sd = ref.gaussian_sampler_moments(ABAR, CLASS_M[k], CLASS_S[k], variance="small")
+    got_mu, got_sd = _moments(rows)
+    n = rows.size
+    assert abs(got_mu - mu) < 5 * sd / np.sqrt(n), (k, got_mu, mu)
+    assert abs(got_sd - sd) < 5 * sd / np.sqrt(2 * (n - 1)), (k, got_sd, sd)
+  null = np.asarray(draw(0.0, jax.random.key(12))).ravel().astype(np.float64)
+  mean = CLASS_M.mean()
+  var = np.mean(CLASS_S**2 + CLASS_M**2) - mean**2
+  fourth = np.mean([((CLASS_M[k] - mean) ** 4 + 6 * (CLASS_M[k] - mean) ** 2 * CLASS_S[k] ** 2 + 3 * CLASS_S[k] ** 4)
+                    for k in range(3)])  # the mixture's 4th central moment: se(var)^2 = (mu4 - var^2) / n
+  assert abs(null.mean() - mean) < 5 * np.sqrt(var / null.size)
+  assert abs(null.var(ddof=1) - var) < 5 * np.sqrt((fourth - var**2) / null.size)
+
+
+def _labelled(x, t, y):
+  return 0.1 * x + 0.05 * (y.astype(x.dtype) - 1.5)[:, None] * jnp.cos(t.astype(x.dtype) / 10)[:, None]
+
+
+@pytest.mark.parametrize("sampler", ["ancestral", "ddim"])
+def test_guidance_scales_one_and_zero_are_the_conditional_and_the_null_label_samplers(sampler):
+  labels = jnp.array([0, 1, 2, 1])
+  run = {"ancestral": lambda fn: sampling.sample(fn, SCHED, (4, 3), jax.random.key(0)),
+         "ddim": lambda fn: sampling.ddim_sample(fn, SCHED, (4, 3), jax.random.key(0), num_steps=20, eta=0.5)}[sampler]
+  np.testing.assert_array_equal(run(sampling.classifier_free_guidance(_labelled, labels, 3, 1.0)),
+                                run(lambda x, t: _labelled(x, t, labels)))
+  np.testing.assert_array_equal(run(sampling.classifier_free_guidance(_labelled, labels, 3, 0.0)),
+                                run(lambda x, t: _labelled(x, t, jnp.full_like(labels, 3))))
+
+
+def test_guided_output_combines_both_predictions_from_one_call():
+  calls = []
+
+  def network(x, t, y):
+    calls.append(x.shape[0])
+    return jnp.concatenate([_labelled(x, t, y), 0.3 * x + y[:, None]], -1)  # [mean channels, variance channels]
+
+  x, t, labels = jax.random.normal(jax.random.key(0), (4, 3)), jnp.array([5, 9, 40, 2]), jnp.array([0, 1, 2, 1])
+  null = jnp.full_like(labels, 3)
+  out = sampling.classifier_free_guidance(network, labels, 3, 2.5, learned_variance=True)(x, t)
+  assert calls == [8]  # one call on the doubled batch
+  cond, uncond = network(x, t, labels), network(x, t, null)
+  np.testing.assert_allclose(out[:, :3], uncond[:, :3] + 2.5 * (cond[:, :3] - uncond[:, :3]), rtol=1e-6)
+  np.testing.assert_array_equal(out[:, 3:], cond[:, 3:])  # the variance is the conditional one's
+  plain = sampling.classifier_free_guidance(_labelled, labels, 3, 4.0)(x, t)
+  np.testing.assert_allclose(plain, _labelled(x, t, null) + 4.0 * (_labelled(x, t, labels) - _labelled(x, t, null)),
+                             rtol=1e-6)
+  with pytest.raises(ValueError, match="guidance_scale = -1.0 is invalid"):
+    sampling.classifier_free_guidance(_labelled, labels, 3, -1.0)

@@ -33,13 +33,15 @@ class Linear(nn.Module):
     return out.reshape(x.shape)
 
 
-def _experiment(batch_size: int, steps_per_call: int = 1, **training):
+def _experiment(batch_size: int, steps_per_call: int = 1, model: nn.Module | None = None, **training):
+  """configs/tiny.py's training on 2x2 digits, with `model` (the Linear one by default) in place of the UNet."""
   c = tiny_config("/nonexistent")
   c.model.attn_resolutions = ()
+  c.model.class_conditional = getattr(model, "num_classes", None) is not None
   c.training.update(global_batch_size=batch_size, steps_per_call=steps_per_call, num_train_steps=6,
                     checkpoint_every_steps=6, log_every_steps=6, sample_every_steps=6, **training)
-  exp = experiment.build(c, info=data.DatasetInfo("digits", SHAPE, None, True))
-  return dataclasses.replace(exp, model=Linear())
+  exp = experiment.build(c, info=data.DatasetInfo("digits", SHAPE, 10, True))
+  return dataclasses.replace(exp, model=model or Linear())
 
 
 def _init(exp):
@@ -149,7 +151,7 @@ _Recorder.seen = []
 
 def test_timesteps_drawn_by_the_step_are_uniform_over_every_t():
   """A chi-square test over all T bins of the timesteps the network sees (n = 12,800 draws in 2 steps)."""
-  exp = dataclasses.replace(_experiment(6400, 2), model=_Recorder())
+  exp = _experiment(6400, 2, _Recorder())
   state = _init(exp)
   _Recorder.seen.clear()  # of the init's call
   images = np.zeros((2, 6400, *SHAPE), np.uint8)
@@ -158,3 +160,35 @@ def test_timesteps_drawn_by_the_step_are_uniform_over_every_t():
   assert t.shape == (12_800,) and t.min() >= 0 and t.max() < T
   counts = np.bincount(t, minlength=T)
   assert scipy.stats.chisquare(counts).pvalue > 1e-3, counts
+
+
+class _LabelRecorder(nn.Module):
+  """A class-conditional network with zero output that sends the labels it is called with to the host."""
+
+  num_classes: int = 10
+
+  @nn.compact
+  def __call__(self, x: jax.Array, t: jax.Array, y: jax.Array | None = None, train: bool = False) -> jax.Array:
+    if y is not None:
+      jax.debug.callback(lambda y: _LabelRecorder.seen.append(np.asarray(y)), y)
+    return x * self.param("s", nn.initializers.zeros, ())
+
+
+_LabelRecorder.seen = []
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.3])
+def test_label_dropout_gives_the_null_label_at_its_rate_and_keeps_the_others(rate):
+  """A binomial test of the null labels the network sees among n = 12,800 (2 steps of 6400); every other label
+  is the batch's own."""
+  exp = _experiment(6400, 2, _LabelRecorder(), label_dropout=rate)
+  state = _init(exp)
+  _LabelRecorder.seen.clear()
+  labels = np.arange(2 * 6400).reshape(2, 6400) % 10
+  batch = {"x": np.zeros((2, 6400, *SHAPE), np.uint8), "label": labels}
+  jax.block_until_ready(step_lib.make_train_step(exp, state)(state, batch, exp.schedule))
+  seen = np.stack(_LabelRecorder.seen)
+  assert seen.shape == (2, 6400)
+  dropped = seen == 10
+  assert scipy.stats.binomtest(int(dropped.sum()), dropped.size, rate).pvalue > 1e-3, dropped.mean()
+  np.testing.assert_array_equal(seen[~dropped], labels[~dropped])

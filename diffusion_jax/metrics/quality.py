@@ -116,9 +116,9 @@ class Scorer:
     self._train_split = functools.cache(lambda: self._split_arrays("train"))
     self._features = self._feature_fn()
     self.reference = self._reference()
-    real = self._real_test()
+    real, real_labels = self._real_test()
     self.baseline_samples = len(real)  # fewer than num_samples only where the test split is smaller
-    self.baseline = self.score(real, label="baseline (test split)")
+    self.baseline = self.score(real, "baseline (test split)", real_labels if self.metric == "classifier" else None)
 
   # ------------------------------------------------------------------ features
 
@@ -175,11 +175,11 @@ class Scorer:
     labels = np.array([int(e["label"]) for e in examples]) if "label" in examples[0] else None
     return images, labels
 
-  def _real_test(self) -> np.ndarray:
-    """As many held-out real examples as there are samples (all of the split if it has fewer)."""
+  def _real_test(self) -> tuple[np.ndarray, np.ndarray | None]:
+    """As many held-out real examples as there are samples (all of the split if it has fewer), and their labels."""
     if self.metric == "energy":  # training points: real, and independent of the held-out reference
-      return data.toy_points(self.info.name, "train")[:self.num_samples]
-    return self._split_arrays(self.config.eval.split, self.num_samples)[0]
+      return data.toy_points(self.info.name, "train")[:self.num_samples], None
+    return self._split_arrays(self.config.eval.split, self.num_samples)
 
   def _reference(self) -> Reference:
     if self.metric == "energy":
@@ -216,11 +216,18 @@ class Scorer:
 
   # ------------------------------------------------------------------ scores
 
-  def score(self, samples: np.ndarray, label: str = "samples") -> dict[str, float]:
+  def score(self, samples: np.ndarray, label: str = "samples", labels: np.ndarray | None = None) -> dict[str, float]:
     """The figures of `samples` (images in [-1, 1] or uint8, or points) against the reference.
 
+    Args:
+      samples: the samples.
+      label: what the progress lines call them.
+      labels: the class each sample was drawn for (class-conditional); with the classifier metric it adds
+        `class_agreement`, the share the classifier assigns to that class.
+
     Returns:
-      `{energy_distance}`, `{fid, kid, kid_std}` or `{dataset_fid, confident_share, class_balance}`.
+      `{energy_distance}`, `{fid, kid, kid_std}` or `{dataset_fid, confident_share, class_balance}`
+      (+ `class_agreement`).
     """
     if self.metric == "energy":
       return {"energy_distance": stats.energy_distance(samples, self.reference.features[:len(samples)])}
@@ -235,12 +242,15 @@ class Scorer:
     probs = jax.nn.softmax(logits, axis=-1)
     counts = np.bincount(np.argmax(probs, -1), minlength=self.info.num_classes) / len(probs)
     entropy = -np.sum(counts * np.log(np.where(counts > 0, counts, 1.0)))
-    return {"dataset_fid": fd, "confident_share": float(np.mean(np.max(probs, -1) >= CONFIDENT)),
-            "class_balance": float(entropy / np.log(self.info.num_classes))}
+    figures = {"dataset_fid": fd, "confident_share": float(np.mean(np.max(probs, -1) >= CONFIDENT)),
+               "class_balance": float(entropy / np.log(self.info.num_classes))}
+    if labels is not None:
+      figures["class_agreement"] = float(np.mean(np.argmax(probs, -1) == np.asarray(labels)))
+    return figures
 
   def report(self, figures: dict[str, float]) -> str:
     """`fid 12.3, ... (real data, 297 test examples: fid 1.2, ...)` for a log line."""
-    shown = [k for k in figures if k != "kid_std"]
+    shown = [k for k in figures if k != "kid_std" and k in self.baseline]
     return (", ".join(f"{k} {figures[k]:.4g}" for k in shown) + f" (real data, {self.baseline_samples} held-out "
             f"examples: " + ", ".join(f"{k} {self.baseline[k]:.4g}" for k in shown) + ")")
 
