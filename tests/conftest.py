@@ -4,14 +4,10 @@ programs (in-process and in main.py subprocesses, which inherit the environment)
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 
 import jax
 import pytest
-
-import helpers
 
 _CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="diffusion_jax_xla_cache_"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
@@ -41,22 +37,3 @@ def tfrecord_dir(data_dir, tmp_path_factory):
     json.dump(info, f)
   return d
 
-
-@pytest.fixture(scope="session")
-def readme_runs(tmp_path_factory):
-  """README's main.py commands (train, sample, eval, export, sample from the export) run in order, at small sizes,
-  in a temporary workdirs/ and a fresh TFDS data_dir: a new user's first session.
-
-  Returns:
-    (the digits workdir, the CompletedProcess of each command).
-  """
-  root = str(tmp_path_factory.mktemp("readme"))
-  procs = []
-  for words in helpers.readme_main_commands():
-    cmd = [sys.executable, os.path.join(helpers.ROOT, "main.py")] + [
-        w.replace("workdirs/", os.path.join(root, "workdirs") + "/") for w in words[2:]]
-    cmd += helpers.SMALL_MAIN + [f"--config.data.data_dir={os.path.join(root, 'tfds')}"]
-    proc = subprocess.run(cmd, env=helpers.env(), cwd=helpers.ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    procs.append(proc)
-  return os.path.join(root, "workdirs", "digits"), procs

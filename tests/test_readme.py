@@ -3,8 +3,8 @@
 Python blocks are executed with the sizes in `SMALL_PYTHON` replaced (each must occur
 in the block, so a README edit cannot silently skip one). In bash blocks, every
 `python main.py` command runs with `helpers.SMALL_MAIN` appended and `workdirs/` moved
-to a temporary directory (the `readme_runs` fixture of conftest.py, which test_cli.py
-reads as a new user's first run); `pip install -e ".[EXTRA]"` lines must name extras that
+to a temporary directory and a fresh TFDS data_dir, which makes them a new user's first
+run: their logs are checked too; `pip install -e ".[EXTRA]"` lines must name extras that
 pyproject.toml defines (installing them needs an accelerator or the network).
 """
 
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -52,6 +54,26 @@ def test_library_example_draws_samples():
   samples = np.asarray(scope["samples"])
   assert samples.shape == (16, 32, 32, 3)
   assert np.isfinite(samples).all() and np.abs(samples).max() <= 1.0
+
+
+@pytest.fixture(scope="module")
+def readme_runs(tmp_path_factory):
+  """README's main.py commands (train, sample, eval) run in order, at small sizes, in a temporary workdirs/ and a
+  fresh TFDS data_dir: a new user's first session.
+
+  Returns:
+    (the digits workdir, the CompletedProcess of each command).
+  """
+  root = str(tmp_path_factory.mktemp("readme"))
+  procs = []
+  for words in helpers.readme_main_commands():
+    cmd = [sys.executable, os.path.join(helpers.ROOT, "main.py")] + [
+        w.replace("workdirs/", os.path.join(root, "workdirs") + "/") for w in words[2:]]
+    cmd += helpers.SMALL_MAIN + [f"--config.data.data_dir={os.path.join(root, 'tfds')}"]
+    proc = subprocess.run(cmd, env=helpers.env(), cwd=helpers.ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    procs.append(proc)
+  return os.path.join(root, "workdirs", "digits"), procs
 
 
 @pytest.fixture
@@ -101,3 +123,37 @@ def test_export_and_its_reload(trained_workdir):
                "README.md python block 3", "exec"), scope)
   ckpt = scope["ckpt"]
   assert ckpt.image_shape == (8, 8, 1) and ckpt.model.ch_mult == (1, 2)
+
+
+# main.py as a user meets it: README's first commands are a fresh machine's first run.
+# absl's warning/error prefixes (W1123 12:00:00.000 ...) and Python's own.
+WARNING_LINE = re.compile(r"^(W|E)\d{4} |^WARNING|Warning:", re.M)
+
+
+@pytest.fixture
+def fresh_run(readme_runs):
+  """README's first commands (digits: train, sample, eval) on an empty TFDS data_dir, prepared on the way."""
+  _, procs = readme_runs
+  return dict(zip(("train", "sample", "eval"), procs))
+
+
+@pytest.mark.parametrize("mode", ["train", "sample", "eval"])
+def test_log_is_plain_lines_without_warnings(fresh_run, mode):
+  out = fresh_run[mode].stdout + fresh_run[mode].stderr
+  assert "\r" not in out and "\x1b" not in out, "terminal control characters in a redirected log"
+  assert not WARNING_LINE.search(out), WARNING_LINE.search(out).group(0) + out[-3000:]
+
+
+def test_first_run_prepares_digits_and_reports_progress(fresh_run):
+  out = fresh_run["train"].stderr
+  assert "Prepared the built-in digits dataset" in out
+  assert "Compiling the train step" in out
+  assert re.search(r"step 20/20 .* ETA 0:00:00", out)
+  assert re.search(r"preview samples at step 20 \(\d+ samples, 50 steps each\): \d+/\d+ steps \(100%\), .* ETA 0:00:00",
+                   out)
+  assert "points/s" not in out and "images/s" in out
+
+
+def test_sample_and_eval_report_progress_inside_the_compiled_loops(fresh_run):
+  assert re.search(r"sampling \(256 samples, 50 steps each\): 200/200 steps \(100%\)", fresh_run["sample"].stderr)
+  assert re.search(r"eval bits/dim on test: 50/50 timesteps of a batch \(100%\)", fresh_run["eval"].stderr)
