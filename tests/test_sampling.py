@@ -291,6 +291,8 @@ def test_guided_output_combines_both_predictions_from_one_call():
   null = jnp.full_like(labels, 3)
   out = sampling.classifier_free_guidance(network, labels, 3, 2.5, learned_variance=True)(x, t)
   assert calls == [8]  # one call on the doubled batch
+  sampling.classifier_free_guidance(network, labels, 3, 1.0, learned_variance=True)(x, t)
+  assert calls == [8, 4]  # w = 1: the conditional network alone
   cond, uncond = network(x, t, labels), network(x, t, null)
   np.testing.assert_allclose(out[:, :3], uncond[:, :3] + 2.5 * (cond[:, :3] - uncond[:, :3]), rtol=1e-6)
   np.testing.assert_array_equal(out[:, 3:], cond[:, 3:])  # the variance is the conditional one's
