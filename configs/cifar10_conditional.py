@@ -12,14 +12,8 @@ ImageNet 64x64 that FID is best at small w (around 0.1-0.3 in their parametrisat
 which is ours minus 1) and IS rises with w.
 """
 
-from configs import cifar10
+from configs import cifar10, default
 
 
 def get_config():
-  c = cifar10.get_config()
-  c.model.class_conditional = True
-  c.training.label_dropout = 0.1
-  c.sampling.num_samples = 100  # a row of 10 per class
-  c.sampling.preview_samples = 100
-  c.eval.guidance_scales = (0.0, 1.0, 2.0, 4.0)
-  return c
+  return default.class_conditional(cifar10.get_config())

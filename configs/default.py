@@ -106,3 +106,14 @@ def get_config() -> ml_collections.ConfigDict:
   # sampling.guidance_scale); samples are drawn for every class in turn
   c.eval.guidance_scales = config_dict.placeholder(tuple)
   return c
+
+
+def class_conditional(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`c` made class-conditional: 10% label dropout, a grid row of 10 per class, eval at w = 0, 1, 2, 4."""
+  c.model.class_conditional = True
+  c.training.label_dropout = 0.1
+  c.sampling.labels = "all"
+  c.sampling.num_samples = 100
+  c.sampling.preview_samples = 100
+  c.eval.guidance_scales = (0.0, 1.0, 2.0, 4.0)
+  return c

@@ -26,16 +26,8 @@ w = 0 is the unconditional model (agreement at chance, 0.1); agreement rises wit
 the FID is lowest at w = 1 and grows as guidance trades diversity for fidelity.
 """
 
-from configs import digits
+from configs import default, digits
 
 
 def get_config():
-  c = digits.get_config()
-  c.model.class_conditional = True
-  c.training.label_dropout = 0.1
-  c.sampling.guidance_scale = 1.0
-  c.sampling.labels = "all"
-  c.sampling.num_samples = 100  # 10 per class
-  c.sampling.preview_samples = 100
-  c.eval.guidance_scales = (0.0, 1.0, 2.0, 4.0)
-  return c
+  return default.class_conditional(digits.get_config())

@@ -11,14 +11,8 @@ minutes); from the digits job, expect the agreement to rise with w and the FID t
 lowest near w = 1.
 """
 
-from configs import mnist
+from configs import default, mnist
 
 
 def get_config():
-  c = mnist.get_config()
-  c.model.class_conditional = True
-  c.training.label_dropout = 0.1
-  c.sampling.num_samples = 100  # a row of 10 per class
-  c.sampling.preview_samples = 100
-  c.eval.guidance_scales = (0.0, 1.0, 2.0, 4.0)
-  return c
+  return default.class_conditional(mnist.get_config())

@@ -203,9 +203,9 @@ def restore_latest(exp: Experiment, workdir: str) -> tuple[TrainState, int]:
 
 
 def pretrained_info(config: ml_collections.ConfigDict) -> data.DatasetInfo:
-  """The images `config.pretrained` takes, described without reading `config.data.dataset`."""
-  _, shape = pretrained.read_layout(config.pretrained)
-  return data.DatasetInfo(config.data.dataset, shape, None, True)
+  """The images (and classes) `config.pretrained` takes, described without reading `config.data.dataset`."""
+  model, shape = pretrained.read_layout(config.pretrained)
+  return data.DatasetInfo(config.data.dataset, shape, model.num_classes, True)
 
 
 def _mismatches(exp: Experiment, loaded: pretrained.Pretrained) -> list[str]:

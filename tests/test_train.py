@@ -152,3 +152,15 @@ def test_sample_mode_uses_the_parameters_it_is_told_to(reference_run, use_ema):
   chosen, other = (state.ema_params, state.params) if use_ema else (state.params, state.ema_params)
   np.testing.assert_array_equal(images, draw(chosen))
   assert not np.array_equal(images, draw(other))
+
+
+def test_a_conditional_export_samples_as_its_run(reference_run, tmp_path):
+  """configs/tiny.py is class-conditional: its export (with the label embedding) samples the run's own grid."""
+  config, workdir, _ = reference_run
+  export = evaluate.export(config, workdir, str(tmp_path / "export"))
+  from_run = np.load(evaluate.sample(config, workdir))
+  c = _config(config.data.data_dir)
+  c.pretrained = export
+  from_export = np.load(evaluate.sample(c, str(tmp_path / "w")))
+  np.testing.assert_array_equal(from_export["labels"], from_run["labels"])
+  np.testing.assert_array_equal(from_export["samples"], from_run["samples"])
