@@ -23,7 +23,7 @@ import ml_collections
 import optax
 
 from diffusion_jax import compiler, data, losses, parallel, schedules
-from diffusion_jax.experiment import Experiment, TrainState, learning_rate_fn, model_fn
+from diffusion_jax.experiment import Experiment, TrainState, learning_rate_fn, model_fn, num_classes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +130,6 @@ def make_train_step(exp: Experiment, state: TrainState) -> Any:
   state_sharding = jax.tree.map(lambda a: a.sharding, state)
   return compiler.jit(
       functools.partial(train_step, model=exp.model, tx=exp.tx, lr_fn=learning_rate_fn(exp.config),
-                        cfg=StepConfig.from_config(exp.config, getattr(exp.model, "num_classes", None))),
+                        cfg=StepConfig.from_config(exp.config, num_classes(exp))),
       in_shardings=(state_sharding, parallel.batch_sharding(exp.mesh, 1), parallel.replicated(exp.mesh)),
       out_shardings=(state_sharding, parallel.replicated(exp.mesh)), donate_argnums=0)
