@@ -73,8 +73,12 @@ def get_config() -> ml_collections.ConfigDict:
   c.training.sample_every_steps = 50_000  # a preview grid in samples/, from the EMA parameters
 
   c.sampling = ml_collections.ConfigDict()
-  c.sampling.sampler = "ancestral"  # ancestral (Algorithm 1) or ddim
-  c.sampling.num_steps = config_dict.placeholder(int)  # None: every diffusion step; fewer: respaced / DDIM steps
+  # ancestral (Algorithm 1), ddim, or the training-free multistep solvers dpm_solver++ and unipc (deterministic)
+  c.sampling.sampler = "ancestral"
+  c.sampling.num_steps = config_dict.placeholder(int)  # network calls; None: every diffusion step
+  # which num_steps of the T steps: linspace, leading, trailing, logsnr (uniform in log-SNR) or quadratic
+  c.sampling.spacing = "linspace"
+  c.sampling.order = 2  # dpm_solver++ and unipc only: 1, 2 or 3
   c.sampling.eta = 0.0  # ddim only: 0 deterministic, 1 ancestral-like
   c.sampling.clip_denoised = True  # clip the predicted x_0 to [-1, 1] (images only)
   c.sampling.use_ema = True  # --mode sample/eval and experiment.load use the EMA parameters

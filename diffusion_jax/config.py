@@ -20,7 +20,7 @@ from diffusion_jax import data, diffusion, sampling, schedules
 from diffusion_jax.checks import is_int
 
 MODELS = ("unet", "mlp")
-SAMPLERS = ("ancestral", "ddim")
+SAMPLERS = ("ancestral", "ddim", *sampling.SOLVERS)
 COMPUTE_DTYPES = ("float32", "bfloat16")
 ON_NONFINITE = ("error", "skip")
 QUALITY_METRICS = ("auto", "inception", "classifier", "energy")
@@ -93,13 +93,15 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   _require(config, "sampling.num_steps", lambda v: v is None or (pos_int(v) and v <= T),
            f"None (all steps) or an integer in [1, diffusion.num_diffusion_steps = {T}]")
   _require(config, "sampling.eta", lambda v: _is_number(v) and v >= 0, "a number >= 0")
+  _require(config, "sampling.spacing", lambda v: v in schedules.SPACINGS, ", ".join(schedules.SPACINGS))
+  _require(config, "sampling.order", lambda v: is_int(v) and 1 <= v <= 3, "1, 2 or 3")
   if T % config.eval.timesteps_per_call:
     raise ValueError(f"eval.timesteps_per_call = {config.eval.timesteps_per_call} is invalid; allowed: a divisor "
                      f"of diffusion.num_diffusion_steps = {T}.")
   diffusion.check_model_types(config.diffusion.model_mean_type, config.diffusion.model_var_type)
-  if config.sampling.sampler == "ddim" and config.diffusion.model_var_type == "learned_range":
-    raise ValueError("sampling.sampler = 'ddim' does not use learned variances; use 'ancestral' with "
-                     "diffusion.model_var_type = 'learned_range'.")
+  if config.sampling.sampler != "ancestral" and config.diffusion.model_var_type == "learned_range":
+    raise ValueError(f"sampling.sampler = {config.sampling.sampler!r} does not use learned variances; use "
+                     "'ancestral' with diffusion.model_var_type = 'learned_range'.")
   _check_conditioning(config)
   data.check_dataset_name(config.data.dataset)
   if config.data.dataset in data.TOY_DATASETS and config.model.name != "mlp":

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from diffusion_jax import compiler, data, experiment, images, losses, parallel
+from diffusion_jax import compiler, data, experiment, images, losses, parallel, sampling
 from diffusion_jax.experiment import Experiment
 from diffusion_jax.logs import Progress
 from diffusion_jax.metrics import quality
@@ -65,7 +65,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
   exp, params, step = _restore(config, workdir, info)
   sc = config.sampling
   logging.info("Sampling %d from %s with %s; compiling the sampler...", sc.num_samples, _source(config, step),
-               sc.sampler)
+               experiment.describe_sampler(config))
   labels, columns = None, None
   if experiment.num_classes(exp) is not None:
     labels, columns = experiment.sample_labels(exp, sc.num_samples)
@@ -147,14 +147,16 @@ def evaluate_quality(exp: Experiment, params: Any, step: int | None, workdir: st
     samples = draw(params, scorer.num_samples, jax.random.key(config.sampling.seed),
                    "quality samples" + ("" if K is None else f" (w = {w:g})"), labels)
     by_scale[w] = scorer.score(samples, labels=labels)
-    logging.info("Quality of %s (%d samples, %s %s%s): %s", _source(config, step), scorer.num_samples,
-                 config.sampling.sampler, experiment.sampling_steps(config),
+    logging.info("Quality of %s (%d samples, %s%s): %s", _source(config, step), scorer.num_samples,
+                 experiment.describe_sampler(config),
                  "" if K is None else f", guidance scale {w:g}", scorer.report(by_scale[w]))
   figures = by_scale[scales[0]] if len(scales) == 1 else by_scale
   if jax.process_index() == 0:
     path = os.path.join(workdir, f"quality_{_tag(step)}.json")
     scorer.write(path, figures, step=step, pretrained=config.pretrained, sampler=config.sampling.sampler,
-                 sampling_steps=experiment.sampling_steps(config), use_ema=config.sampling.use_ema,
+                 sampling_steps=experiment.sampling_steps(config), spacing=config.sampling.spacing,
+                 order=config.sampling.order if config.sampling.sampler in sampling.SOLVERS else None,
+                 use_ema=config.sampling.use_ema,
                  guidance_scales=None if K is None else scales)
     logging.info("Wrote %s", path)
     if len(scales) > 1:

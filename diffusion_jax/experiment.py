@@ -291,26 +291,28 @@ def make_sampler(exp: Experiment, batch_size: int, progress: ProgressFn | None =
   shape = (batch_size, *exp.info.shape)
   sc, dc = exp.config.sampling, exp.config.diffusion
   clip = sc.clip_denoised and exp.info.is_image
-  schedule = exp.schedule
-  if sc.sampler == "ancestral" and sc.num_steps is not None and sc.num_steps != schedule.num_steps:
-    schedule = schedules.respace(exp.betas, schedules.space_timesteps(schedule.num_steps, sc.num_steps))
+  timesteps = sampling_timesteps(exp)
+  steps: schedules.DiffusionSchedule | sampling.SolverTable = exp.schedule
+  if sc.sampler == "ancestral" and len(timesteps) != exp.schedule.num_steps:
+    steps = schedules.respace(exp.betas, timesteps[::-1])
+  elif sc.sampler in sampling.SOLVERS:
+    steps = sampling.solver_table(exp.betas, timesteps, solver=sc.sampler, order=sc.order)
   K = num_classes(exp)
   w = sc.guidance_scale if guidance_scale is None else guidance_scale
 
-  def draw(params: Any, schedule: schedules.DiffusionSchedule, key: jax.Array,
+  def draw(params: Any, steps: schedules.DiffusionSchedule | sampling.SolverTable, key: jax.Array,
            labels: jax.Array | None) -> jax.Array:
     if K is None:
       fn = model_fn(exp.model, params)
     else:
       fn = sampling.classifier_free_guidance(labelled_model_fn(exp.model, params), labels, K, w,
                                              learned_variance=dc.model_var_type == "learned_range")
+    common = dict(model_mean_type=dc.model_mean_type, clip_denoised=clip, sharding=sharding, progress=progress)
     if sc.sampler == "ddim":
-      return sampling.ddim_sample(fn, schedule, shape, key, num_steps=sc.num_steps, eta=sc.eta,
-                                  model_mean_type=dc.model_mean_type, clip_denoised=clip, sharding=sharding,
-                                  progress=progress)
-    return sampling.sample(fn, schedule, shape, key, model_mean_type=dc.model_mean_type,
-                           model_var_type=dc.model_var_type, clip_denoised=clip, sharding=sharding,
-                           progress=progress)
+      return sampling.ddim_sample(fn, steps, shape, key, timesteps=timesteps, eta=sc.eta, **common)
+    if sc.sampler in sampling.SOLVERS:
+      return sampling.solver_sample(fn, steps, shape, key, **common)
+    return sampling.sample(fn, steps, shape, key, model_var_type=dc.model_var_type, **common)
 
   jitted = compiler.jit(draw, out_shardings=sharding)
 
@@ -323,13 +325,25 @@ def make_sampler(exp: Experiment, batch_size: int, progress: ProgressFn | None =
       if labels.shape != (batch_size,) or int(labels.min()) < 0 or int(labels.max()) > K:
         raise ValueError(f"labels must be ints in [0, {K}] (K = {K} is the null label) of shape ({batch_size},).")
       labels = jax.device_put(labels, sharding)
-    return jitted(params, schedule, key, labels)
+    return jitted(params, steps, key, labels)
   return sampler
 
 
 def sampling_steps(config: ml_collections.ConfigDict) -> int:
   """Network calls per sample under `config.sampling`."""
   return config.sampling.num_steps or config.diffusion.num_diffusion_steps
+
+
+def sampling_timesteps(exp: Experiment) -> np.ndarray:
+  """The timesteps `config.sampling` visits (`num_steps` of `spacing`), first step first."""
+  return schedules.sampling_timesteps(exp.betas, sampling_steps(exp.config), exp.config.sampling.spacing)
+
+
+def describe_sampler(config: ml_collections.ConfigDict) -> str:
+  """`config.sampling`'s sampler in words, e.g. `unipc (order 2), 20 logsnr steps`."""
+  sc = config.sampling
+  order = f" (order {sc.order})" if sc.sampler in sampling.SOLVERS else ""
+  return f"{sc.sampler}{order}, {sampling_steps(config)} {sc.spacing} steps"
 
 
 class Sampler:

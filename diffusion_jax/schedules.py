@@ -252,6 +252,69 @@ def space_timesteps(num_diffusion_steps: int, num_steps: int) -> np.ndarray:
   return np.round(np.linspace(0, T - 1, num_steps)).astype(np.int64)
 
 
+SPACINGS = ("linspace", "leading", "trailing", "logsnr", "quadratic")
+
+
+def _strictly_increasing(timesteps: np.ndarray, T: int) -> np.ndarray:
+  """Rounded ascending timesteps made distinct: collisions pushed up, then whatever passed T - 1 pushed down."""
+  out = timesteps.astype(np.int64)
+  for i in range(1, len(out)):
+    out[i] = max(out[i], out[i - 1] + 1)
+  out[-1] = min(out[-1], T - 1)
+  for i in range(len(out) - 2, -1, -1):
+    out[i] = min(out[i], out[i + 1] - 1)
+  return out
+
+
+def sampling_timesteps(betas: np.ndarray, num_steps: int, spacing: str = "linspace") -> np.ndarray:
+  """The `num_steps` timesteps a few-step sampler calls the network at, first (largest) first.
+
+  With T = len(betas) and n = num_steps (diffusers' names for the first three):
+  `linspace`: round(linspace(0, T - 1, n)), keeps 0 and T - 1;
+  `leading`: i * (T // n) for i < n, keeps 0;
+  `trailing`: round(T - i T / n) - 1 for i < n, keeps T - 1 (Lin et al. 2024);
+  `logsnr`: uniform in lambda = log(alpha_bar / (1 - alpha_bar)) / 2 from lambda(T - 1) to lambda(0), t
+  read off the discrete log alpha(t) by linear interpolation, as DPM-Solver's reference code does;
+  `quadratic`: round((T - 1) (i / (n - 1))^2), dense near t = 0 (DDIM's "quad").
+  Rounding collisions (logsnr and quadratic with many steps) move to the nearest free steps.
+  A sampler ends at the clean data after the last (smallest) timestep; every step's successor is the
+  next entry, never a stride.
+
+  Args:
+    betas: float64 betas of the process, shape `(T,)`.
+    num_steps: n in `[1, T]`.
+    spacing: one of `SPACINGS`.
+
+  Returns:
+    Strictly decreasing int64 array of shape `(num_steps,)` in `[0, T)`.
+  """
+  betas = check_betas(betas)
+  T = len(betas)
+  if spacing not in SPACINGS:
+    raise ValueError(f"spacing = {spacing!r} is unknown; allowed: {', '.join(SPACINGS)}.")
+  if not is_int(num_steps) or not 1 <= num_steps <= T:
+    raise ValueError(f"num_steps = {num_steps!r} is invalid; allowed: an integer in [1, T = {T}].")
+  n = int(num_steps)
+  i = np.arange(n, dtype=np.float64)
+  if n == 1:
+    ascending = np.array([T - 1 if spacing != "leading" else 0])
+  elif spacing == "linspace":
+    ascending = space_timesteps(T, n)
+  elif spacing == "leading":
+    ascending = np.arange(n) * (T // n)
+  elif spacing == "trailing":
+    ascending = (np.round(T - i * T / n) - 1)[::-1]
+  elif spacing == "quadratic":
+    ascending = _strictly_increasing(np.round((T - 1) * (i / (n - 1)) ** 2), T)
+  else:  # logsnr
+    log_alpha = 0.5 * np.log(np.cumprod(1.0 - betas))  # decreasing in t
+    lam = log_alpha - 0.5 * np.log(-np.expm1(2 * log_alpha))
+    target = -0.5 * np.logaddexp(0.0, -2.0 * np.linspace(lam[-1], lam[0], n))
+    t = np.interp(target, log_alpha[::-1], np.arange(T, dtype=np.float64)[::-1])
+    ascending = _strictly_increasing(np.round(t)[::-1], T)
+  return np.asarray(ascending, np.int64)[::-1].copy()
+
+
 def respace_betas(betas: np.ndarray, timesteps: Sequence[int] | np.ndarray) -> np.ndarray:
   """beta'_i = 1 - alpha_bar[t_i] / alpha_bar[t_{i-1}]: the process that visits only `timesteps`.
 

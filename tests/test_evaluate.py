@@ -46,12 +46,14 @@ def test_a_padded_last_batch_gives_the_bits_per_dim_of_the_real_examples_only(da
   np.testing.assert_allclose(got["terms_bpd"], np.concatenate(terms).mean(0), rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("sampler", ["ancestral", "ddim"])
-def test_the_configs_respaced_and_ddim_samplers_are_the_library_functions(sampler):
-  """sampling.sampler and sampling.num_steps = 10 of T = 50 give exactly `sample` on the respaced schedule, or
-  `ddim_sample` with those steps and eta; not the full chain."""
+@pytest.mark.parametrize("sampler, spacing", [("ancestral", "linspace"), ("ddim", "trailing"),
+                                               ("dpm_solver++", "logsnr"), ("unipc", "quadratic")])
+def test_the_configs_samplers_are_the_library_functions(sampler, spacing):
+  """sampling.sampler, num_steps = 10 of T = 50, spacing and order give exactly `sample` on the respaced
+  schedule, `ddim_sample` with those steps and eta, or `solver_sample` on the solver's table; not the full
+  chain."""
   c = tiny_config("/nonexistent")
-  c.sampling.update(sampler=sampler, num_steps=10, eta=0.5)
+  c.sampling.update(sampler=sampler, num_steps=10, eta=0.5, spacing=spacing, order=3)
   exp = experiment.build(c, info=INFO)
   params = _params(exp)
   key = jax.random.key(3)
@@ -59,11 +61,15 @@ def test_the_configs_respaced_and_ddim_samplers_are_the_library_functions(sample
   got = experiment.make_sampler(exp, 8)(params, key, labels)
   fn = experiment.model_fn(exp.model, params, labels=labels)
   shape = (8, 8, 8, 1)
+  timesteps = schedules.sampling_timesteps(exp.betas, 10, spacing)
   if sampler == "ddim":
-    want = sampling.ddim_sample(fn, exp.schedule, shape, key, num_steps=10, eta=0.5)
-  else:
+    want = sampling.ddim_sample(fn, exp.schedule, shape, key, timesteps=timesteps, eta=0.5)
+  elif sampler == "ancestral":
     respaced = schedules.respace(exp.betas, schedules.space_timesteps(50, 10))
     want = sampling.sample(fn, respaced, shape, key, model_var_type=c.diffusion.model_var_type)
+  else:
+    want = sampling.solver_sample(fn, sampling.solver_table(exp.betas, timesteps, solver=sampler, order=3), shape,
+                                  key)
   np.testing.assert_allclose(got, want, atol=1e-5)
   full = sampling.sample(fn, exp.schedule, shape, key, model_var_type=c.diffusion.model_var_type)
   assert not np.allclose(got, full, atol=1e-2)

@@ -136,16 +136,18 @@ def point_mass_model(mean_type):
   return model_fn
 
 
-@pytest.mark.parametrize("mean_type", ["eps", "xstart", "v"])
-def test_ddim_trajectory_of_point_mass_data_is_the_closed_form(mean_type):
+@pytest.mark.parametrize("mean_type, spacing", [("eps", "linspace"), ("xstart", "linspace"), ("v", "linspace"),
+                                                ("eps", "trailing"), ("eps", "logsnr")])
+def test_ddim_trajectory_of_point_mass_data_is_the_closed_form(mean_type, spacing):
   """For data at one point C, eta = 0 DDIM keeps eps fixed: x_t = sqrt(abar_t) C + sqrt(1 - abar_t) e at every
-  visited t, with e = x_T's own noise, and it ends exactly at C; float64 closed form, every mean type."""
-  kept = schedules.space_timesteps(T, 20)
+  visited t, with e = x_T's own noise, and it ends exactly at C; float64 closed form, every mean type. On the
+  trailing spacing (999, 949, ..., 49, then the clean data) each next step comes from the list, not a stride."""
+  visited = schedules.sampling_timesteps(BETAS, 20, spacing)
   x_T = jax.random.normal(jax.random.key(3), (5, 3))
-  x0, traj = sampling.ddim_sample(point_mass_model(mean_type), SCHED, (5, 3), jax.random.key(0), num_steps=20,
+  x0, traj = sampling.ddim_sample(point_mass_model(mean_type), SCHED, (5, 3), jax.random.key(0), timesteps=visited,
                                   model_mean_type=mean_type, clip_denoised=False, return_every=1, x_T=x_T)
-  np.testing.assert_array_equal(traj.timesteps, kept[::-1])
-  abar = ABAR[kept[::-1]][:, None, None]
+  np.testing.assert_array_equal(traj.timesteps, visited)
+  abar = ABAR[visited][:, None, None]
   e = (np.asarray(x_T, np.float64) - np.sqrt(abar[0]) * C) / np.sqrt(1 - abar[0])
   np.testing.assert_allclose(traj.x_t, np.sqrt(abar) * C + np.sqrt(1 - abar) * e, atol=1e-5)
   np.testing.assert_allclose(traj.pred_xstart, np.broadcast_to(C, traj.pred_xstart.shape), atol=1e-4)
@@ -269,11 +271,15 @@ def _labelled(x, t, y):
   return 0.1 * x + 0.05 * (y.astype(x.dtype) - 1.5)[:, None] * jnp.cos(t.astype(x.dtype) / 10)[:, None]
 
 
-@pytest.mark.parametrize("sampler", ["ancestral", "ddim"])
+SOLVER_TABLE = sampling.solver_table(BETAS, schedules.sampling_timesteps(BETAS, 20, "logsnr"), solver="unipc")
+
+
+@pytest.mark.parametrize("sampler", ["ancestral", "ddim", "unipc"])
 def test_guidance_scales_one_and_zero_are_the_conditional_and_the_null_label_samplers(sampler):
   labels = jnp.array([0, 1, 2, 1])
   run = {"ancestral": lambda fn: sampling.sample(fn, SCHED, (4, 3), jax.random.key(0)),
-         "ddim": lambda fn: sampling.ddim_sample(fn, SCHED, (4, 3), jax.random.key(0), num_steps=20, eta=0.5)}[sampler]
+         "ddim": lambda fn: sampling.ddim_sample(fn, SCHED, (4, 3), jax.random.key(0), num_steps=20, eta=0.5),
+         "unipc": lambda fn: sampling.solver_sample(fn, SOLVER_TABLE, (4, 3), jax.random.key(0))}[sampler]
   np.testing.assert_array_equal(run(sampling.classifier_free_guidance(_labelled, labels, 3, 1.0)),
                                 run(lambda x, t: _labelled(x, t, labels)))
   np.testing.assert_array_equal(run(sampling.classifier_free_guidance(_labelled, labels, 3, 0.0)),

@@ -126,3 +126,48 @@ def test_space_timesteps_and_respace():
   np.testing.assert_array_equal(s.timesteps, kept)
   # Respacing onto every step is the identity.
   np.testing.assert_allclose(schedules.respace_betas(betas, np.arange(1000)), betas, rtol=1e-9)
+
+
+@pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
+@pytest.mark.parametrize("T, n", [(1000, 10), (1000, 50), (1000, 333), (50, 7), (50, 50)])
+def test_uniform_spacings_are_diffusers_conventions(spacing, T, n):
+  """linspace, leading (steps_offset 0) and trailing as diffusers' DDIMScheduler.set_timesteps computes them."""
+  diffusers = pytest.importorskip("diffusers")
+  scheduler = diffusers.DDIMScheduler(num_train_timesteps=T, timestep_spacing=spacing)
+  scheduler.set_timesteps(n)
+  betas = schedules.get_beta_schedule("linear", num_diffusion_steps=T)
+  np.testing.assert_array_equal(schedules.sampling_timesteps(betas, n, spacing), scheduler.timesteps.numpy())
+
+
+def test_trailing_starts_at_T_minus_1_and_every_spacing_is_strictly_decreasing():
+  betas = schedules.get_beta_schedule("cosine", num_diffusion_steps=1000)
+  for n in [1, 2, 3, 7, 10, 20, 100, 999, 1000]:
+    assert schedules.sampling_timesteps(betas, n, "trailing")[0] == 999
+    for spacing in schedules.SPACINGS:
+      ts = schedules.sampling_timesteps(betas, n, spacing)
+      assert ts.shape == (n,) and ts.min() >= 0 and ts.max() <= 999 and np.all(np.diff(ts) < 0), (spacing, n)
+  for spacing in schedules.SPACINGS:
+    np.testing.assert_array_equal(schedules.sampling_timesteps(betas, 1000, spacing), np.arange(999, -1, -1))
+
+
+def test_logsnr_spacing_is_uniform_in_log_snr():
+  """Each timestep's lambda = log(abar / (1 - abar)) / 2 (float64) is the uniform grid's value to within the
+  rounding to an integer t: half the lambda change to the neighbouring step."""
+  betas = schedules.get_beta_schedule("linear", num_diffusion_steps=1000)
+  abar = ref.alphas_cumprod(betas)
+  lam = 0.5 * np.log(abar / (1 - abar))
+  ts = schedules.sampling_timesteps(betas, 20, "logsnr")
+  assert ts[0] == 999 and ts[-1] == 0
+  target = np.linspace(lam[999], lam[0], 20)
+  rounding = 0.5 * np.abs(lam[np.maximum(ts - 1, 0)] - lam[np.minimum(ts + 1, 999)])
+  assert np.all(np.abs(lam[ts] - target) <= rounding + 1e-12)
+  assert np.ptp(np.diff(target)) < 1e-12
+
+
+def test_quadratic_spacing():
+  betas = schedules.get_beta_schedule("linear", num_diffusion_steps=1000)
+  i = np.arange(10)
+  np.testing.assert_array_equal(schedules.sampling_timesteps(betas, 10, "quadratic"),
+                                np.round(999 * (i / 9) ** 2)[::-1])
+  dense = schedules.sampling_timesteps(betas, 100, "quadratic")  # collisions near 0 pushed apart
+  np.testing.assert_array_equal(dense[-4:], [3, 2, 1, 0])
