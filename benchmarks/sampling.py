@@ -1,6 +1,7 @@
 """The compiled sampler: per-step time vs one forward pass, compile time and memory vs T, scan vs Python loop.
 
     python benchmarks/sampling.py [--models mlp,unet_toy,unet_cpu] [--out benchmarks/results/sampling.json]
+    python benchmarks/sampling.py --models unet_cpu --solvers 10,20,50   # the few-step samplers
 
 For each model: one jitted forward pass; `sampling.sample` (one `lax.scan`) at
 T = 100 and T = 1000 (compile seconds, run seconds, seconds per step, the ratio
@@ -93,14 +94,50 @@ def bench(name: str, full: bool) -> list[dict]:
   return rows
 
 
+def bench_solvers(name: str, steps: list[int]) -> list[dict]:
+  """Seconds per batch and compile seconds of each few-step sampler at each number of network calls."""
+  model, shape = MODELS[name]
+  x = jax.random.normal(jax.random.key(0), shape)
+  params = common.jit(model.init)(jax.random.key(1), x, jnp.zeros((shape[0],), jnp.int32))["params"]
+  betas = schedules.get_beta_schedule("linear", num_diffusion_steps=1000)
+  sched = schedules.make_schedule(betas)
+  net = lambda p: lambda x, t: model.apply({"params": p}, x, t)
+  rows = []
+  for sampler, order in [("ddim", None), ("dpm_solver++", 2), ("dpm_solver++", 3), ("unipc", 2), ("unipc", 3)]:
+    for n in steps:
+      ts = schedules.sampling_timesteps(betas, n, "logsnr")
+      if sampler == "ddim":
+        run = common.jit(lambda p, s, k: sampling.ddim_sample(net(p), s, shape, k, timesteps=ts))
+        args = (params, sched, jax.random.key(2))
+      else:
+        run = common.jit(lambda p, tab, k: sampling.solver_sample(net(p), tab, shape, k))
+        args = (params, sampling.solver_table(betas, ts, solver=sampler, order=order), jax.random.key(2))
+      compiled, compile_s, _ = common.compile_seconds_and_flops(run, *args)
+      run_s = common.time_call(lambda: compiled(*args), repeats=3, min_seconds=0.0)
+      row = {"model": name, "batch_shape": "x".join(map(str, shape)), "sampler": sampler,
+             "order": order or "", "calls": n, "compile_s": compile_s, "s_per_batch": run_s,
+             "peak_mib": peak_bytes(compiled) / 2**20}
+      print(row, flush=True)
+      rows.append(row)
+  return rows
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--models", default="mlp,mlp_256,unet_toy,unet_cpu")
   parser.add_argument("--full", action="store_true", help="also run unet_cpu at T = 1000 and its Python loop")
   parser.add_argument("--out", default="benchmarks/results/sampling.json")
+  parser.add_argument("--solvers", default="", help="instead: the few-step samplers at these network calls, "
+                      "e.g. 10,20,50 (logsnr spacing), on --models (out: sampling_solvers.json)")
   args = common.parse_args(parser)
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   start = time.time()
+  if args.solvers:
+    rows = [r for m in args.models.split(",") for r in bench_solvers(m, [int(n) for n in args.solvers.split(",")])]
+    common.report(f"Few-step samplers ({jax.devices()[0].device_kind}, {time.time() - start:.0f} s)", rows,
+                  ["model", "batch_shape", "sampler", "order", "calls", "compile_s", "s_per_batch", "peak_mib"],
+                  args.out.replace(".json", "_solvers.json"))
+    return
   rows = [r for m in args.models.split(",") for r in bench(m, args.full)]
   common.report(f"Sampling ({jax.devices()[0].device_kind}, {time.time() - start:.0f} s)", rows,
                 ["model", "batch_shape", "T", "forward_s", "compile_s", "run_s", "per_step_s", "step_over_forward",

@@ -26,6 +26,30 @@ ON_NONFINITE = ("error", "skip")
 QUALITY_METRICS = ("auto", "inception", "classifier", "energy")
 
 
+# Keys added after workdirs were first written, with the values that reproduce a run from before them:
+# `fill_added_keys` puts them into an older workdir's config.json.
+ADDED_KEYS = {
+    "pretrained": None,
+    "model.class_conditional": False,
+    "training.label_dropout": 0.1,
+    "sampling.guidance_scale": 1.0,
+    "sampling.labels": "all",
+    "sampling.spacing": "linspace",
+    "sampling.order": 2,
+    "eval.guidance_scales": None,
+}
+
+
+def fill_added_keys(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`config` with each key of `ADDED_KEYS` it lacks set to the value of the runs from before that key."""
+  have = set(flat_keys(config))
+  for key, value in ADDED_KEYS.items():
+    if key not in have:
+      section, _, name = key.rpartition(".")
+      (get(config, section) if section else config)[name] = value
+  return config
+
+
 def get(config: ml_collections.ConfigDict, key: str) -> Any:
   """`config` at a dotted `key` such as `training.num_train_steps`."""
   node = config

@@ -457,7 +457,7 @@ def load(workdir: str, **overrides: Any) -> Run:
   if not os.path.exists(path):
     raise FileNotFoundError(f"{path} does not exist: {workdir!r} is not a workdir of main.py --mode train.")
   with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+    config = config_lib.fill_added_keys(ml_collections.ConfigDict(json.load(f)))
   for key, value in overrides.items():
     if key not in config_lib.flat_keys(config):
       raise ValueError(config_lib.unknown_key_message(config, key))

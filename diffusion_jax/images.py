@@ -68,12 +68,15 @@ def save_samples(samples: np.ndarray, path: str, info: data.DatasetInfo, dataset
     save_scatter(samples, path, reference=data.toy_reference(dataset))
 
 
-def _line_plot(draw: ImageDraw.ImageDraw, left: int, panel: tuple[int, int], xs: list[float], ys: list[float],
-               ref: float | None, title: str, x_label: str) -> None:
-  """One panel of `save_line_plots`, with its left edge at `left`."""
+_COLOURS = [(200, 30, 30), (30, 90, 200), (30, 150, 60), (150, 60, 180), (230, 130, 0), (0, 150, 160)]
+
+
+def _line_plot(draw: ImageDraw.ImageDraw, left: int, panel: tuple[int, int], xs: list[float],
+               lines: dict[str, list[float]], ref: float | None, title: str, x_label: str) -> None:
+  """One panel of `save_line_plots`, with its left edge at `left`: each line y against `xs`, a legend for several."""
   W, H = panel
   margin = 42
-  values = ys + ([] if ref is None else [ref])
+  values = [y for ys in lines.values() for y in ys] + ([] if ref is None else [ref])
   x_lo, x_hi = min(xs), (max(xs) if max(xs) > min(xs) else min(xs) + 1)
   y_lo, y_hi = min(values), (max(values) if max(values) > min(values) else min(values) + 1)
 
@@ -86,10 +89,14 @@ def _line_plot(draw: ImageDraw.ImageDraw, left: int, panel: tuple[int, int], xs:
     (x0, y), (x1, _) = px(x_lo, ref), px(x_hi, ref)
     for a in np.arange(x0, x1, 8):
       draw.line((a, y, min(a + 4, x1), y), fill=(150, 150, 150))
-  points = [px(x, y) for x, y in zip(xs, ys)]
-  draw.line(points, fill=(200, 30, 30), width=2)
-  for x, y in points:
-    draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=(200, 30, 30))
+  for i, (name, ys) in enumerate(lines.items()):
+    colour = _COLOURS[i % len(_COLOURS)]
+    points = [px(x, y) for x, y in zip(xs, ys)]
+    draw.line(points, fill=colour, width=2)
+    for x, y in points:
+      draw.ellipse((x - 3, y - 3, x + 3, y + 3), fill=colour)
+    if len(lines) > 1:
+      draw.text((left + W - margin / 2 - 6 * len(name) - 4, 0.7 * margin + 4 + 12 * i), name, fill=colour)
   draw.text((left + margin, 8), title, fill="black")
   for x in xs:
     draw.text((px(x, y_lo)[0] - 6, H - margin + 4), f"{x:g}", fill="black")
@@ -98,13 +105,14 @@ def _line_plot(draw: ImageDraw.ImageDraw, left: int, panel: tuple[int, int], xs:
     draw.text((left + 2, px(x_lo, y)[1] - 6), f"{y:.3g}", fill="black")
 
 
-def save_line_plots(xs: list[float], series: dict[str, list[float]], path: str, *, x_label: str = "x",
-                    baselines: dict[str, float] | None = None, panel: tuple[int, int] = (320, 220)) -> None:
+def save_line_plots(xs: list[float], series: dict[str, list[float] | dict[str, list[float]]], path: str, *,
+                    x_label: str = "x", baselines: dict[str, float] | None = None,
+                    panel: tuple[int, int] = (320, 220)) -> None:
   """One small line plot per series (y against `xs`), side by side, as a PNG; a series' baseline dashed in grey.
 
   Args:
     xs: the x values, shared by every series.
-    series: name -> y values, one per x.
+    series: panel name -> y values, one per x, or -> {line name: y values} for several lines in one panel.
     path: the PNG to write.
     x_label: the x axis's name.
     baselines: name -> a reference value drawn as a horizontal dashed line (e.g. real data's).
@@ -115,6 +123,7 @@ def save_line_plots(xs: list[float], series: dict[str, list[float]], path: str, 
   draw = ImageDraw.Draw(img)
   for i, (name, ys) in enumerate(series.items()):
     ref = None if baselines is None else baselines.get(name)
-    _line_plot(draw, i * W, (W, H), list(xs), list(ys), ref, name, x_label)
+    lines = {k: list(v) for k, v in ys.items()} if isinstance(ys, dict) else {name: list(ys)}
+    _line_plot(draw, i * W, (W, H), list(xs), lines, ref, name, x_label)
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   img.save(path)

@@ -3,6 +3,7 @@
 import json
 import os
 import re
+import shutil
 import subprocess
 
 import chex
@@ -118,6 +119,23 @@ def test_load_gives_the_trained_run_and_its_overrides(reference_run):
     experiment.load(workdir, **{"sampling.num_step": 5})
   with pytest.raises(FileNotFoundError, match="is not a workdir of main.py --mode train"):
     experiment.load(os.path.join(workdir, "samples"))
+
+
+def test_load_reads_a_workdir_written_before_the_newer_keys(reference_run, tmp_path):
+  """A config.json without the sampling keys added since (spacing, order, guidance) loads and samples as before."""
+  config, workdir, _ = reference_run
+  older = tmp_path / "older"
+  shutil.copytree(workdir, older)
+  with open(older / "config.json") as f:
+    saved = json.load(f)
+  for section, name in [("sampling", "spacing"), ("sampling", "order"), ("sampling", "guidance_scale"),
+                        ("sampling", "labels"), ("eval", "guidance_scales")]:
+    del saved[section][name]
+  del saved["pretrained"]
+  with open(older / "config.json", "w") as f:
+    json.dump(saved, f)
+  np.testing.assert_array_equal(experiment.load(str(older)).sample(8, jax.random.key(0)),
+                                experiment.load(workdir).sample(8, jax.random.key(0)))
 
 
 def test_sample_and_eval_modes(reference_run):
