@@ -434,11 +434,12 @@ def _unipc_weights(lam: np.ndarray, alpha: np.ndarray, sigma: np.ndarray, i: int
     b.append(h_phi_k * factorial / b_h)
     factorial *= k + 1
     h_phi_k = h_phi_k / hh - 1.0 / factorial
-  vandermonde = np.stack([rks[:num_rks] ** k for k in range(num_rks)]) if num_rks else np.zeros((0, 0))
-  if (p == 1 and corrector) or p == 2 and not corrector:  # the reference code's simplified cases
+  if num_rks == 0:  # first-order UniP: no correction terms
+    rhos = np.zeros(0)
+  elif num_rks == 1:  # UniC-1 and UniP-2: the reference code's rho = 1/2
     rhos = np.array([0.5])
-  else:
-    rhos = np.linalg.solve(vandermonde, np.array(b))
+  else:  # R rho = b, R the Vandermonde matrix of the r_k
+    rhos = np.linalg.solve(np.stack([rks[:num_rks] ** k for k in range(num_rks)]), np.array(b))
   d = -alpha[i + 1] * h_phi_1 * np.eye(3)[0]
   for k in range(1, p):  # D1_k = (m_{i-k} - m_i) / r_k
     d[k] -= alpha[i + 1] * b_h * rhos[k - 1] / rks[k - 1]
