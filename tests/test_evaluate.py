@@ -55,7 +55,8 @@ def test_the_configs_samplers_are_the_library_functions(sampler, spacing):
   c = tiny_config("/nonexistent")
   c.sampling.update(sampler=sampler, num_steps=10, eta=0.5, spacing=spacing, order=3)
   exp = experiment.build(c, info=INFO)
-  params = _params(exp)
+  # The UNet's last layer starts at zero (eps = 0, a linear flow): perturbed, the orders and steps differ.
+  params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(p.size), p.shape), _params(exp))
   key = jax.random.key(3)
   labels = jnp.arange(8) % 10  # configs/tiny.py is class-conditional; w = 1: the conditional network
   got = experiment.make_sampler(exp, 8)(params, key, labels)
@@ -70,6 +71,6 @@ def test_the_configs_samplers_are_the_library_functions(sampler, spacing):
   else:
     want = sampling.solver_sample(fn, sampling.solver_table(exp.betas, timesteps, solver=sampler, order=3), shape,
                                   key)
-  np.testing.assert_allclose(got, want, atol=1e-5)
+  np.testing.assert_allclose(got, want, atol=2e-4)  # one program vs another: x_0 = (x - sigma eps) / alpha
   full = sampling.sample(fn, exp.schedule, shape, key, model_var_type=c.diffusion.model_var_type)
   assert not np.allclose(got, full, atol=1e-2)
