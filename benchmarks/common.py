@@ -74,6 +74,26 @@ def matmul_gflops(dtype: jnp.dtype = jnp.float32, n: int = 2048) -> float:
   return 2 * n**3 / seconds / 1e9
 
 
+def cpu_info() -> dict[str, Any]:
+  """The CPU's vendor and model (`/proc/cpuinfo`) and whether it has AMX bfloat16 tiles."""
+  fields = {}
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+  except OSError:
+    pass
+  return {"cpu_vendor": fields.get("vendor_id", platform.machine()), "cpu_model": fields.get("model name", ""),
+          "amx": compiler.has_amx()}
+
+
+def cpu_description() -> str:
+  """E.g. `Intel(R) Xeon(R) Processor, 2 cores, AMX` for table titles."""
+  info = cpu_info()
+  return f"{info['cpu_model'] or info['cpu_vendor']}, {os.cpu_count()} cores, {'AMX' if info['amx'] else 'no AMX'}"
+
+
 def machine() -> dict[str, Any]:
   devices = jax.devices()
   return {
@@ -82,6 +102,7 @@ def machine() -> dict[str, Any]:
       "num_devices": len(devices),
       "cpu_count": os.cpu_count(),
       "processor": platform.processor() or platform.machine(),
+      **cpu_info(),
       "jax": jax.__version__,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       "compiler_options": None if XLA_DEFAULTS else compiler.compiler_options(),

@@ -1,8 +1,8 @@
 """Ours against the PyTorch peer, same machine, same run, same work.
 
     pip install -e ".[bench]"      # torch==2.13.0 (CPU build) and diffusers
-    python benchmarks/peers.py [--workload cpu] [--rounds 5] [--train_steps 3] [--sample_steps 10]
-        [--steps_per_call 1] [--out benchmarks/results/peers_cpu.json]
+    python benchmarks/peers.py [--workload cpu] [--dtype float32|bfloat16] [--rounds 5] [--train_steps 3]
+        [--sample_steps 10] [--steps_per_call 1] [--out benchmarks/results/peers_cpu.json]
 
 The peer is diffusers' `UNet2DModel` configured as the DDPM architecture (the
 layout of google/ddpm-cifar10-32: ResNet blocks, attention at 16x16) with
@@ -15,6 +15,9 @@ batch takes ~4-7 minutes per side on 2 CPU cores); the per-1000-step figure is
 that time x 1000 / sample_steps. The two sides alternate, round after round, so
 that both see the same machine (a shared CPU's speed drifts by +-10% within
 minutes); the table gives the medians and the range of the per-round ratios.
+`--dtype bfloat16` runs ours with `training.compute_dtype = "bfloat16"` (parameters
+float32) and the peer under `torch.autocast("cpu", dtype=torch.bfloat16)`, its
+mixed-precision mode. The CPU (vendor, model, AMX or not) goes into the title and JSON.
 """
 
 from __future__ import annotations
@@ -36,10 +39,13 @@ import train_throughput  # noqa: E402
 from diffusion_jax import data, experiment, sampling, schedules  # noqa: E402
 
 
-def torch_side(ch: int, batch: int, sample_steps: int) -> dict:
-  """diffusers' DDPM UNet: `train()` is one Adam step, `sample()` is `sample_steps` scheduler steps."""
+def torch_side(ch: int, batch: int, sample_steps: int, dtype: str) -> dict:
+  """diffusers' DDPM UNet: `train()` is one Adam step, `sample()` is `sample_steps` scheduler steps (under CPU
+  autocast to bfloat16 for `dtype` bfloat16)."""
   import torch
   from diffusers import DDPMScheduler, UNet2DModel
+
+  autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
   torch.manual_seed(0)
   torch.set_num_threads(os.cpu_count() or 1)
@@ -60,7 +66,9 @@ def torch_side(ch: int, batch: int, sample_steps: int) -> dict:
     model.train()
     noise = torch.randn_like(x0)
     t = torch.randint(0, 1000, (batch,))
-    loss = torch.nn.functional.mse_loss(model(scheduler.add_noise(x0, noise, t), t).sample, noise)
+    with autocast():
+      out = model(scheduler.add_noise(x0, noise, t), t).sample
+    loss = torch.nn.functional.mse_loss(out.float(), noise)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -72,17 +80,20 @@ def torch_side(ch: int, batch: int, sample_steps: int) -> dict:
     with torch.no_grad():
       x = torch.randn(batch, 3, 32, 32)
       for t in scheduler.timesteps[:sample_steps]:
-        x = scheduler.step(model(x, t).sample, t, x).prev_sample
+        with autocast():
+          out = model(x, t).sample
+        x = scheduler.step(out.float(), t, x).prev_sample
     return x
 
-  return {"name": f"diffusers UNet2DModel + DDPMScheduler (torch {torch.__version__})", "params": n_params,
+  mode = ", bfloat16 autocast" if dtype == "bfloat16" else ""
+  return {"name": f"diffusers UNet2DModel + DDPMScheduler (torch {torch.__version__}{mode})", "params": n_params,
           "train": train_step, "steps_per_call": 1, "sample": sample}
 
 
-def our_side(workload: str, batch: int, sample_steps: int, steps_per_call: int) -> dict:
+def our_side(workload: str, batch: int, sample_steps: int, steps_per_call: int, dtype: str) -> dict:
   """`step.train_step` (compiled) and the first `sample_steps` steps of the 1000-step scan sampler."""
-  step = train_throughput.prepare(workload, batch, "float32", steps_per_call)
-  c = train_throughput.workload_config(workload, batch, "float32", 1)
+  step = train_throughput.prepare(workload, batch, dtype, steps_per_call)
+  c = train_throughput.workload_config(workload, batch, dtype, 1)
   info = data.DatasetInfo("cifar10-shaped", (32, 32, 3), None, True)
   c.model.dropout = 0.0
   model = experiment.build_model(c, info)
@@ -95,6 +106,7 @@ def our_side(workload: str, batch: int, sample_steps: int, steps_per_call: int) 
                                                    (batch, 32, 32, 3), k, model_var_type="fixed_large"))
   compiled, _, _ = common.compile_seconds_and_flops(run, params, sub, jax.random.key(1))
   per_call = f", {steps_per_call} steps per call" if steps_per_call > 1 else ""
+  per_call += ", bfloat16 compute" if dtype == "bfloat16" else ""
   return {"name": f"diffusion_jax (JAX {jax.__version__}{per_call})", "params": step["params"],
           "flops": step["flops"] / steps_per_call, "train": lambda: common.block(step["run"]()),
           "steps_per_call": steps_per_call,
@@ -116,6 +128,8 @@ def main() -> None:
   parser.add_argument("--sample_steps", type=int, default=10, help="denoising steps timed per round")
   parser.add_argument("--train_steps", type=int, default=3, help="optimizer steps timed per round")
   parser.add_argument("--steps_per_call", type=int, default=1, help="our optimizer steps per compiled call")
+  parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                      help="compute dtype: ours training.compute_dtype, the peer's CPU autocast")
   parser.add_argument("--rounds", type=int, default=5)
   parser.add_argument("--out", default=None)
   args = common.parse_args(parser)
@@ -124,8 +138,8 @@ def main() -> None:
   batch = args.batch or train_throughput.WORKLOADS[args.workload]["batch"]
   ch = train_throughput.WORKLOADS[args.workload]["ch"]
   matmul = common.matmul_gflops()
-  sides = [our_side(args.workload, batch, args.sample_steps, args.steps_per_call),
-           torch_side(ch, batch, args.sample_steps)]
+  sides = [our_side(args.workload, batch, args.sample_steps, args.steps_per_call, args.dtype),
+           torch_side(ch, batch, args.sample_steps, args.dtype)]
   for side in sides:  # warm-up
     side["train"]()
     side["sample"]()
@@ -149,8 +163,9 @@ def main() -> None:
                **{k: rows[0][k] / rows[1][k] for k in ("train_images_per_s", "sample_step_s", "sample_1000_steps_s")},
                "train_ratio_per_round": f"{min(train_ratio):.3f}-{max(train_ratio):.3f}",
                "sample_ratio_per_round": f"{min(sample_ratio):.3f}-{max(sample_ratio):.3f}"})
-  common.report(f"{args.workload} workload, batch {batch}, ours vs PyTorch peer, medians of {args.rounds} "
-                f"alternating rounds (float32 matmul {matmul:.0f} GFLOP/s)", rows,
+  common.report(f"{args.workload} workload, batch {batch}, {args.dtype}, ours vs PyTorch peer, medians of "
+                f"{args.rounds} alternating rounds ({common.cpu_description()}; float32 matmul {matmul:.0f} GFLOP/s)",
+                rows,
                 ["impl", "params", "train_images_per_s", "train_fraction_of_matmul", "sample_step_s",
                  "sample_1000_steps_s", "train_ratio_per_round", "sample_ratio_per_round"], out,
                 {"matmul_gflops": matmul, "train_step_s": train_s, "sample_step_s": sample_s})

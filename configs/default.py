@@ -22,6 +22,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.dataset = "digits"
   c.data.data_dir = config_dict.placeholder(str)  # TFDS data_dir; None: $TFDS_DATA_DIR or ~/tensorflow_datasets
   c.data.random_flip = False  # horizontal flips of training images, drawn per example from the seed
+  # training batches read by this many worker processes (0: threads of the main process); 2+ on accelerator hosts
+  c.data.num_workers = 0
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "unet"  # unet (images) or mlp (2-D points)

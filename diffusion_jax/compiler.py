@@ -5,9 +5,12 @@ YNNPACK by default. For the DDPM UNet that is the wrong split: YNNPACK's 3x3
 convolutions are slower than XLA's own kernels, while its reductions are much
 faster than XLA's loop emitter on the bias and normalisation gradients.
 `CPU_OPTIONS` keeps YNNPACK for reductions only (measurements: BENCHMARKS.md).
-The options are passed per program (`jax.jit(..., compiler_options=...)`), so
-they change nothing else in the process; an `XLA_FLAGS` setting of the same
-option wins.
+On a CPU with AMX (Intel Xeon since Sapphire Rapids), YNNPACK also takes the
+matmuls (`AMX_CPU_OPTIONS`): its bfloat16 dots run on the AMX tiles, 1.1-1.6
+TFLOP/s on 2 cores against ~0.28 for XLA's own, which makes the bfloat16 train
+step 9% faster and leaves the float32 one as it was. The options are passed per
+program (`jax.jit(..., compiler_options=...)`), so they change nothing else in
+the process; an `XLA_FLAGS` setting of the same option wins.
 """
 
 from __future__ import annotations
@@ -23,6 +26,25 @@ from absl import logging
 
 YNN_FUSION_TYPE = "xla_cpu_experimental_ynn_fusion_type"
 CPU_OPTIONS: Mapping[str, str] = {YNN_FUSION_TYPE: "LIBRARY_FUSION_TYPE_REDUCE"}
+AMX_CPU_OPTIONS: Mapping[str, str] = {YNN_FUSION_TYPE: "LIBRARY_FUSION_TYPE_REDUCE,LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"}
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+  """The feature flags of this machine's CPU (`/proc/cpuinfo`); empty where that file does not exist."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      for line in f:
+        if line.startswith("flags"):
+          return frozenset(line.split(":", 1)[1].split())
+  except OSError:
+    pass
+  return frozenset()
+
+
+def has_amx() -> bool:
+  """Whether the CPU has AMX bfloat16 tiles."""
+  return "amx_bf16" in cpu_flags()
 
 
 @functools.cache
@@ -55,10 +77,11 @@ def compiler_options() -> dict[str, str] | None:
     default backend is not the CPU, `XLA_FLAGS` already sets the option, or this
     jaxlib does not know it.
   """
+  options = AMX_CPU_OPTIONS if has_amx() else CPU_OPTIONS
   if (jax.default_backend() != "cpu" or YNN_FUSION_TYPE in os.environ.get("XLA_FLAGS", "")
-      or not options_accepted(CPU_OPTIONS)):
+      or not options_accepted(options)):
     return None
-  return dict(CPU_OPTIONS)
+  return dict(options)
 
 
 def jit(fn: Callable[..., Any], **kwargs: Any) -> Any:

@@ -37,6 +37,7 @@ ADDED_KEYS = {
     "sampling.spacing": "linspace",
     "sampling.order": 2,
     "eval.guidance_scales": None,
+    "data.num_workers": 0,
 }
 
 
@@ -89,7 +90,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
               "sampling.preview_samples", "sampling.batch_size", "eval.batch_size", "eval.timesteps_per_call",
               "eval.kid_subsets", "eval.kid_subset_size"]:
     _require(config, key, pos_int, "a positive integer")
-  for key in ["training.warmup_steps", "eval.num_examples", "eval.quality_samples", "eval.quality_every_steps"]:
+  for key in ["training.warmup_steps", "eval.num_examples", "eval.quality_samples", "eval.quality_every_steps",
+              "data.num_workers"]:
     _require(config, key, lambda v: is_int(v) and v >= 0, "a non-negative integer")
   for key in ["seed", "sampling.seed"]:
     _require(config, key, is_int, "an integer")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import io
 from collections.abc import Iterator
 from typing import Any
@@ -27,7 +28,7 @@ import ml_collections
 import numpy as np
 import PIL.Image
 import tensorflow_datasets as tfds
-from absl import logging
+from absl import flags, logging
 
 from diffusion_jax import logs
 
@@ -206,12 +207,6 @@ def image_records(name: str, split: str, data_dir: str | None) -> grain.MapDatas
   return grain.MapDataset.source(image_source(name, split, data_dir)).map(lambda e: _record(e, crop))
 
 
-def _flip(record: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
-  if rng.random() < 0.5:
-    record = {**record, "x": record["x"][:, ::-1]}
-  return record
-
-
 def _source(config: ml_collections.ConfigDict, split: str) -> grain.MapDataset:
   name = config.data.dataset
   check_dataset_name(name)
@@ -247,16 +242,58 @@ def train_batches(config: ml_collections.ConfigDict, *, process_index: int | Non
   process_count = jax.process_count() if process_count is None else process_count
   check_batch_divisibility(config.training.global_batch_size)
   local = config.training.global_batch_size // process_count
-  ds = _source(config, "train").shuffle(seed=config.seed).repeat(None)
-  if config.data.get("random_flip", False) and config.data.dataset in IMAGE_DATASETS:
-    ds = ds.random_map(_flip, seed=config.seed + 1)
-  ds = ds.batch(local, drop_remainder=True)[process_index::process_count]
+  name = config.data.dataset
+  if name in TOY_DATASETS:
+    ds = _source(config, "train").shuffle(seed=config.seed).repeat(None).batch(local, drop_remainder=True)
+    return ds[process_index::process_count].batch(config.training.steps_per_call, drop_remainder=True)
+  # Images: shuffle record indices, then read each batch's records in one call (`__getitems__`: per-record
+  # reads cost ~3x as much), flipping those whose stream position draws a flip.
+  source = image_source(name, "train", config.data.data_dir)
+  ds = grain.MapDataset.range(len(source)).shuffle(seed=config.seed).repeat(None).batch(local, drop_remainder=True)
+  flip_seed = config.seed + 1 if config.data.get("random_flip", False) else None
+  read = functools.partial(_read_batch, source, CROP_SIZES.get(name), flip_seed)
+  ds = ds.map_with_index(read)[process_index::process_count]
   return ds.batch(config.training.steps_per_call, drop_remainder=True)
 
 
-def iterate(ds: grain.MapDataset, start: int, num_threads: int = 2, prefetch: int = 4) -> Iterator[Any]:
-  """Elements `start, start + 1, ...` of `ds`, read ahead by background threads."""
-  return iter(ds[start:].to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)))
+def flips(seed: int, positions: np.ndarray) -> np.ndarray:
+  """Whether the record at each position of the training stream is mirrored: bit 63 of splitmix64(seed, p).
+
+  A function of the seed and the global position alone, so the same on any number of hosts.
+  """
+  mask = np.uint64(2**64 - 1)
+  with np.errstate(over="ignore"):
+    z = (positions.astype(np.uint64) + np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)) & mask
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+  return (z >> np.uint64(63)).astype(bool)
+
+
+def _read_batch(source: Any, crop: int | None, flip_seed: int | None, batch_index: int,
+                indices: np.ndarray) -> dict[str, np.ndarray]:
+  """Local batch `batch_index` of the stream: the records at `indices`, read in one call, mirrored where drawn."""
+  records = [_record(e, crop) for e in source.__getitems__([int(i) for i in indices])]
+  x = np.stack([r["x"] for r in records])
+  if flip_seed is not None:
+    mirrored = flips(flip_seed, batch_index * len(indices) + np.arange(len(indices)))
+    x[mirrored] = x[mirrored, :, ::-1]
+  out = {"x": x}
+  if "label" in records[0]:
+    out["label"] = np.stack([r["label"] for r in records])
+  return out
+
+
+def iterate(ds: grain.MapDataset, start: int, num_threads: int = 2, prefetch: int = 4,
+            num_workers: int = 0) -> Iterator[Any]:
+  """Elements `start, start + 1, ...` of `ds` in order, read ahead by background threads, or by `num_workers`
+  worker processes (grain's `mp_prefetch`; the main module must be import-safe, as `main.py` is)."""
+  it = ds[start:].to_iter_dataset(grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch))
+  if num_workers:
+    if not flags.FLAGS.is_parsed():  # grain reads its absl flags (their defaults) when it starts workers
+      flags.FLAGS.mark_as_parsed()
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+  return iter(it)
 
 
 def num_examples(config: ml_collections.ConfigDict, split: str) -> int:

@@ -96,7 +96,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   n_preview = config.sampling.preview_samples
   rows, columns = (1, n_preview) if K is None else (K, max(1, n_preview // K))
   grid_order = np.arange(rows * columns).reshape(columns, rows).T.ravel()  # labels i % K -> row-major by class
-  batches = data.iterate(data.train_batches(config), step // k)
+  batches = data.iterate(data.train_batches(config), step // k, num_workers=config.data.num_workers)
   writer = MetricWriter(workdir)
   preemption = _Preemption() if jax.process_count() == 1 else None
   unit = "images" if exp.info.is_image else "points"

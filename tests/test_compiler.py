@@ -53,5 +53,20 @@ def test_xla_flags_setting_the_option_wins(monkeypatch):
 def test_a_jaxlib_that_refuses_the_option_gets_xla_defaults(monkeypatch, options):
   assert not compiler.options_accepted(options)
   monkeypatch.setattr(compiler, "CPU_OPTIONS", options)
+  monkeypatch.setattr(compiler, "AMX_CPU_OPTIONS", options)
   assert compiler.compiler_options() is None
+
+
+@pytest.mark.parametrize("amx", [True, False])
+def test_matmuls_go_to_ynnpack_on_a_cpu_with_amx_only(monkeypatch, amx):
+  """With AMX a bfloat16 dot (float32 result) compiles into a YNNPACK fusion, without into XLA's own dot; both
+  give the float32 product of the bfloat16 inputs."""
+  monkeypatch.setattr(compiler, "has_amx", lambda: amx)
+  a = jax.random.normal(jax.random.key(0), (64, 96)).astype(jnp.bfloat16)
+  b = jax.random.normal(jax.random.key(1), (96, 32)).astype(jnp.bfloat16)
+  dot = compiler.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+  hlo = dot.lower(a, b).compile().as_text()
+  assert ("__ynn_fusion" in hlo) == amx
+  want = np.asarray(a, np.float64) @ np.asarray(b, np.float64)
+  np.testing.assert_allclose(dot(a, b), want, rtol=1e-5, atol=1e-4)
 

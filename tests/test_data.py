@@ -42,14 +42,37 @@ def test_train_batches_deterministic_and_each_epoch_a_permutation(data_dir):
   assert not np.array_equal(data.train_batches(c)[0]["x"][0], ds[0]["x"][0])
 
 
-def test_hosts_read_disjoint_shares_of_the_same_global_batch(data_dir):
-  """Each of P hosts reads global_batch / P examples; together they are the 1-host global batch."""
+@pytest.mark.parametrize("flip", [False, True])
+def test_hosts_read_disjoint_shares_of_the_same_global_batch(data_dir, flip):
+  """Each of P hosts reads global_batch / P examples; together they are the 1-host global batch (flips too)."""
   c = _config(data_dir, global_batch_size=8)
+  c.data.random_flip = flip
   whole = data.train_batches(c)
   for step in [0, 5]:
-    shares = [data.train_batches(c, process_index=p, process_count=2)[step]["x"][0] for p in range(2)]
-    assert shares[0].shape == (4, 8, 8, 1)
-    np.testing.assert_array_equal(np.concatenate(shares), whole[step]["x"][0])
+    shares = [data.train_batches(c, process_index=p, process_count=4) for p in range(4)]
+    assert shares[0][step]["x"][0].shape == (2, 8, 8, 1)
+    for key in ["x", "label"]:
+      np.testing.assert_array_equal(np.concatenate([s[step][key][0] for s in shares]), whole[step][key][0])
+
+
+def test_flips_are_a_fair_coin_per_position():
+  """Over 100k positions the share of flips is 1/2 within 5 standard errors, each seed its own stream, and
+  neighbouring positions are uncorrelated (the share of equal neighbours is 1/2 as well)."""
+  f = data.flips(3, np.arange(100_000))
+  se = 5 * 0.5 / np.sqrt(f.size)
+  assert abs(f.mean() - 0.5) < se and abs((f[1:] == f[:-1]).mean() - 0.5) < se
+  assert abs((f == data.flips(4, np.arange(100_000))).mean() - 0.5) < se
+
+
+def test_worker_processes_read_the_same_batches(data_dir):
+  c = _config(data_dir, global_batch_size=8)
+  c.data.random_flip = True
+  ds = data.train_batches(c)
+  it = data.iterate(ds, 3, num_workers=2)
+  for step in range(3, 9):
+    got = next(it)
+    np.testing.assert_array_equal(got["x"], ds[step]["x"])
+    np.testing.assert_array_equal(got["label"], ds[step]["label"])
 
 
 def test_random_flip_is_a_mirror_image_and_deterministic(data_dir):
