@@ -46,8 +46,8 @@ def save_image_grid(images: np.ndarray, path: str, columns: int | None = None) -
 
 
 def save_scatter(points: np.ndarray, path: str, reference: np.ndarray | None = None, size: int = 512,
-                 extent: float = 3.0) -> None:
-  """2-D samples (red) over reference data (grey) in [-extent, extent]^2, as a PNG."""
+                 extent: float = 3.0, title: str | None = None) -> None:
+  """2-D samples (red) over reference data (grey) in [-extent, extent]^2, as a PNG, with an optional title line."""
   img = Image.new("RGB", (size, size), "white")
   draw = ImageDraw.Draw(img)
   to_px = lambda p: ((p[0] + extent) / (2 * extent) * size, (extent - p[1]) / (2 * extent) * size)
@@ -55,17 +55,20 @@ def save_scatter(points: np.ndarray, path: str, reference: np.ndarray | None = N
     for p in ([] if pts is None else np.asarray(pts)):
       x, y = to_px(p)
       draw.ellipse((x - 1.5, y - 1.5, x + 1.5, y + 1.5), fill=colour)
+  if title:
+    draw.text((6, 6), title, fill="black")
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   img.save(path)
 
 
 def save_samples(samples: np.ndarray, path: str, info: data.DatasetInfo, dataset: str,
-                 columns: int | None = None) -> None:
-  """A grid of image samples in [-1, 1] (`columns` per row; None: square), or a scatter plot of 2-D samples."""
+                 columns: int | None = None, title: str | None = None) -> None:
+  """A grid of image samples in [-1, 1] (`columns` per row; None: square), or a scatter plot of 2-D samples
+  (with `title` on it)."""
   if info.is_image:
     save_image_grid(data.to_uint8(samples), path, columns)
   else:
-    save_scatter(samples, path, reference=data.toy_reference(dataset))
+    save_scatter(samples, path, reference=data.toy_reference(dataset), title=title)
 
 
 _COLOURS = [(200, 30, 30), (30, 90, 200), (30, 150, 60), (150, 60, 180), (230, 130, 0), (0, 150, 160)]

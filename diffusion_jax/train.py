@@ -154,16 +154,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
         labels = None if K is None else np.arange(n) % K  # every class in turn
         samples = preview(state.ema_params, n, jax.random.fold_in(jax.random.key(config.seed + 1), step),
                           f"{'preview' if grid else 'quality'} samples at step {step}", labels)
-        if grid and jax.process_index() == 0:
-          path = os.path.join(workdir, "samples", f"step_{step:08d}.png")
-          shown = samples[:rows * columns] if K is None else samples[grid_order]  # conditional: a row per class
-          images.save_samples(shown, path, exp.info, config.data.dataset, None if K is None else columns)
-          logging.info("Wrote %s", path)
+        title = f"step {step}"
         if score:
           figures = scorer.score(samples[:qc.quality_samples],
                                  labels=None if labels is None else labels[:qc.quality_samples])
           logging.info("Quality at step %d (%d EMA samples): %s", step, qc.quality_samples, scorer.report(figures))
           writer.write(step, scorer.as_metrics(figures))
+          title = f"step {step}: {scorer.report(figures, short=True)}"
+        if grid and jax.process_index() == 0:
+          path = os.path.join(workdir, "samples", f"step_{step:08d}.png")
+          shown = samples[:rows * columns] if K is None else samples[grid_order]  # conditional: a row per class
+          images.save_samples(shown, path, exp.info, config.data.dataset, None if K is None else columns, title)
+          logging.info("Wrote %s", path)
         last_time = time.time()  # the preview's time is not training time
       if stop:
         logging.warning("SIGTERM: saved step %d and stopping; re-run with the same --workdir to resume.", step)

@@ -248,9 +248,13 @@ class Scorer:
       figures["class_agreement"] = float(np.mean(np.argmax(probs, -1) == np.asarray(labels)))
     return figures
 
-  def report(self, figures: dict[str, float]) -> str:
-    """`fid 12.3, ... (real data, 297 test examples: fid 1.2, ...)` for a log line."""
+  def report(self, figures: dict[str, float], short: bool = False) -> str:
+    """`fid 12.3, ... (real data, 297 test examples: fid 1.2, ...)` for a log line; `short`: the headline figure
+    alone, `energy_distance 0.0022 = 1.20x real data's 0.00183`, for a plot's title."""
     shown = [k for k in figures if k != "kid_std" and k in self.baseline]
+    if short:
+      k = shown[0]
+      return f"{k} {figures[k]:.3g} = {figures[k] / self.baseline[k]:.2f}x real data's {self.baseline[k]:.3g}"
     return (", ".join(f"{k} {figures[k]:.4g}" for k in shown) + f" (real data, {self.baseline_samples} held-out "
             f"examples: " + ", ".join(f"{k} {self.baseline[k]:.4g}" for k in shown) + ")")
 
