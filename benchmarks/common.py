@@ -76,14 +76,7 @@ def matmul_gflops(dtype: jnp.dtype = jnp.float32, n: int = 2048) -> float:
 
 def cpu_info() -> dict[str, Any]:
   """The CPU's vendor and model (`/proc/cpuinfo`) and whether it has AMX bfloat16 tiles."""
-  fields = {}
-  try:
-    with open("/proc/cpuinfo") as f:
-      for line in f:
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-  except OSError:
-    pass
+  fields = compiler.cpu_info()
   return {"cpu_vendor": fields.get("vendor_id", platform.machine()), "cpu_model": fields.get("model name", ""),
           "amx": compiler.has_amx()}
 

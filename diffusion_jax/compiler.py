@@ -30,21 +30,24 @@ AMX_CPU_OPTIONS: Mapping[str, str] = {YNN_FUSION_TYPE: "LIBRARY_FUSION_TYPE_REDU
 
 
 @functools.cache
-def cpu_flags() -> frozenset[str]:
-  """The feature flags of this machine's CPU (`/proc/cpuinfo`); empty where that file does not exist."""
+def cpu_info() -> dict[str, str]:
+  """The first CPU's fields of `/proc/cpuinfo` (`vendor_id`, `model name`, `flags`, ...); empty where it is absent."""
+  fields: dict[str, str] = {}
   try:
     with open("/proc/cpuinfo") as f:
       for line in f:
-        if line.startswith("flags"):
-          return frozenset(line.split(":", 1)[1].split())
+        if not line.strip():
+          break
+        key, _, value = line.partition(":")
+        fields[key.strip()] = value.strip()
   except OSError:
     pass
-  return frozenset()
+  return fields
 
 
 def has_amx() -> bool:
   """Whether the CPU has AMX bfloat16 tiles."""
-  return "amx_bf16" in cpu_flags()
+  return "amx_bf16" in cpu_info().get("flags", "").split()
 
 
 @functools.cache

@@ -245,15 +245,13 @@ def train_batches(config: ml_collections.ConfigDict, *, process_index: int | Non
   name = config.data.dataset
   if name in TOY_DATASETS:
     ds = _source(config, "train").shuffle(seed=config.seed).repeat(None).batch(local, drop_remainder=True)
-    return ds[process_index::process_count].batch(config.training.steps_per_call, drop_remainder=True)
-  # Images: shuffle record indices, then read each batch's records in one call (`__getitems__`: per-record
-  # reads cost ~3x as much), flipping those whose stream position draws a flip.
-  source = image_source(name, "train", config.data.data_dir)
-  ds = grain.MapDataset.range(len(source)).shuffle(seed=config.seed).repeat(None).batch(local, drop_remainder=True)
-  flip_seed = config.seed + 1 if config.data.get("random_flip", False) else None
-  read = functools.partial(_read_batch, source, CROP_SIZES.get(name), flip_seed)
-  ds = ds.map_with_index(read)[process_index::process_count]
-  return ds.batch(config.training.steps_per_call, drop_remainder=True)
+  else:  # shuffle record indices, then read each batch's records in one call (`__getitems__`: per-record
+    # reads cost ~3x as much), flipping those whose stream position draws a flip
+    source = image_source(name, "train", config.data.data_dir)
+    flip_seed = config.seed + 1 if config.data.get("random_flip", False) else None
+    ds = grain.MapDataset.range(len(source)).shuffle(seed=config.seed).repeat(None).batch(local, drop_remainder=True)
+    ds = ds.map_with_index(functools.partial(_read_batch, source, CROP_SIZES.get(name), flip_seed))
+  return ds[process_index::process_count].batch(config.training.steps_per_call, drop_remainder=True)
 
 
 def flips(seed: int, positions: np.ndarray) -> np.ndarray:

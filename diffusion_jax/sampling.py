@@ -356,11 +356,6 @@ class SolverTable:
   history_p: jax.Array  # (n, K)
 
   @property
-  def num_steps(self) -> int:
-    """n, static under `jax.jit`."""
-    return self.timesteps.shape[0]
-
-  @property
   def history(self) -> int:
     """K, the number of earlier data predictions carried (the solver's order)."""
     return self.history_p.shape[1]
