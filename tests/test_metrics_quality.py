@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from PIL import Image
 
 import helpers
 from configs import toy2d
@@ -139,5 +140,11 @@ def test_toy_energy_distance_trained_untrained_and_real(tmp_path):
   del state
   # Measured: trained 0.0094 (1500 steps), untrained 921 (unclipped chains diverge), real-vs-real 0.0018.
   assert trained < 1e-3 * untrained
+  # The plot's title: the figure and its ratio to real data, drawn in black above the (red and grey) points.
+  b = scorer.baseline["energy_distance"]
+  assert scorer.report({"energy_distance": 2 * b}, short=True) == (
+      f"energy_distance {2 * b:.3g} = 2.00x real data's {b:.3g}")
+  dark = np.asarray(Image.open(tmp_path / "workdir" / "samples" / "step_00001500.png")).astype(int).sum(-1) < 150
+  assert dark[:20].sum() > 50 and not dark[40:].any()  # text pixels in the title strip only
   assert 0 < scorer.baseline["energy_distance"] < 0.005
   assert trained < 15 * scorer.baseline["energy_distance"]
