@@ -291,6 +291,7 @@ def iterate(ds: grain.MapDataset, start: int, num_threads: int = 2, prefetch: in
     if not flags.FLAGS.is_parsed():  # grain reads its absl flags (their defaults) when it starts workers
       flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+    logging.info("Reading batches from %d on with %d worker processes.", start, num_workers)
   return iter(it)
 
 

@@ -105,6 +105,17 @@ def test_one_device_and_two_processes_of_two_devices_train_the_same_parameters(r
   chex.assert_trees_all_close(helpers.load_state(config, two_hosts), reference, rtol=2e-4, atol=2e-6)
 
 
+def test_worker_processes_train_the_same_run(reference_run, tmp_path, caplog):
+  """data.num_workers = 2: the loop reads through grain's worker processes and ends with the same state."""
+  config, _, state = reference_run
+  config = config.copy_and_resolve_references()
+  config.data.num_workers = 2
+  with caplog.at_level("INFO"):
+    got = train.train_and_evaluate(config, str(tmp_path))
+  assert "Reading batches from 0 on with 2 worker processes." in caplog.text
+  chex.assert_trees_all_equal(jax.tree.map(np.asarray, got), state)
+
+
 def test_load_gives_the_trained_run_and_its_overrides(reference_run):
   config, workdir, state = reference_run
   run = experiment.load(workdir)
