@@ -5,9 +5,11 @@ import os
 import jax
 import numpy as np
 import pytest
+from scipy.spatial import distance
 
 from configs import tiny
 from diffusion_jax import data
+from diffusion_jax.metrics import stats
 from helpers import tiny_config as _config
 
 
@@ -135,6 +137,45 @@ def test_toy_datasets(name):
   train = data.toy_points(name, "train")
   np.testing.assert_allclose(train.mean(0), 0, atol=1e-5)
   np.testing.assert_allclose(train.std(0), 1, atol=1e-5)
+  # The first 78 batches of 256 (of one 20,000-point epoch) are distinct training points.
+  read = np.concatenate([data.train_batches(c)[s]["x"][0] for s in range(78)])
+  assert len(np.unique(read, axis=0)) == len(read)
+  assert set(map(bytes, read)) <= set(map(bytes, train))
+
+
+def test_stream_indices_are_a_fresh_permutation_each_epoch():
+  n = 1000
+  positions = np.arange(3 * n)
+  order = data.stream_indices(7, n, positions)
+  epochs = order.reshape(3, n)
+  for e in epochs:
+    np.testing.assert_array_equal(np.sort(e), np.arange(n))
+  assert not np.array_equal(epochs[0], epochs[1]) and not np.array_equal(epochs[1], epochs[2])
+  # Any positions, in any order and across an epoch's end, give the same records as the whole stream.
+  pick = np.array([2999, 5, 999, 1000, 1500, 0])
+  np.testing.assert_array_equal(data.stream_indices(7, n, pick), order[pick])
+  assert not np.array_equal(data.stream_indices(8, n, positions[:n]), epochs[0])
+
+
+def _sklearn_toy(name, n, seed):
+  from sklearn import datasets
+  if name == "swiss_roll":
+    return datasets.make_swiss_roll(n, noise=0.5, random_state=seed)[0][:, [0, 2]]
+  return datasets.make_moons(n, noise=0.05, random_state=seed)[0]
+
+
+@pytest.mark.parametrize("name", data.TOY_DATASETS)
+def test_toy_distributions_are_sklearns_law_drawn_iid(name):
+  """The law: the energy distance to sklearn's generator within 4x its expectation for one law (a moon flipped or
+  a wrong noise scale is far over). i.i.d.: pairs of draws of 2000 score the expectation for independent draws,
+  2 E||X - X'|| / 2000, within 4 standard errors; make_moons' evenly spaced angles score ~0.1x of it."""
+  generate = data.swiss_roll if name == "swiss_roll" else data.two_moons
+  ours, theirs = generate(np.random.default_rng(0), 4000), _sklearn_toy(name, 4000, 0)
+  mean_distance = distance.pdist(ours).mean()
+  assert stats.energy_distance(ours, theirs) < 4 * mean_distance * (2 / 4000)
+  draw = lambda seed: generate(np.random.default_rng(seed), 2000)
+  pairs = [stats.energy_distance(draw(10 + i), draw(100 + i)) for i in range(40)]
+  assert abs(np.mean(pairs) - mean_distance * 2 / 2000) < 4 * np.std(pairs) / np.sqrt(len(pairs))
 
 
 def test_unknown_dataset():

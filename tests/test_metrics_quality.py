@@ -17,7 +17,7 @@ from PIL import Image
 import helpers
 from configs import toy2d
 from diffusion_jax import data, experiment, losses, train
-from diffusion_jax.metrics import classifier, quality
+from diffusion_jax.metrics import classifier, quality, stats
 
 
 def _digits(data_dir, **overrides):
@@ -140,10 +140,14 @@ def test_shipped_toy_config_matches_real_two_moons_and_untrained_does_not(tmp_pa
   # Real data's baseline is the mean of 10 disjoint draws of 2000 training points, V-statistic expectation
   # 2 E||X - X'|| / 2000 = 0.00177 (20,000 held-out points); this ten-draw mean measured 0.00153.
   assert 0.001 < b < 0.0025
+  train_points, held_out = data.toy_points("two_moons", "train"), data.toy_points("two_moons", "test")[:2000]
+  draws = [stats.energy_distance(train_points[i:i + 2000], held_out) for i in range(0, 20_000, 2000)]
+  assert scorer.baseline_draws == 10
+  np.testing.assert_allclose(b, np.mean(draws), rtol=1e-12)
   # Measured: 0.74x; eight other draws of 2000 samples from this run 0.42x-1.61x (fresh real draws: 0.35x-1.32x,
   # 10th-90th percentile); 300 steps of training score 565x.
   assert trained < 2.5 * b
-  assert untrained > 100 * b  # measured ~1000x: unclipped chains of an untrained network diverge
+  assert untrained > 100 * b  # measured 1e8x: unclipped chains of an untrained network diverge
   # The plot's title: the figure and its ratio to real data, drawn in black above the (red and grey) points.
   assert scorer.report({"energy_distance": 2 * b}, short=True) == (
       f"energy_distance {2 * b:.3g} = 2.00x real data's {b:.3g}")
