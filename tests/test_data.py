@@ -138,7 +138,8 @@ def test_toy_datasets(name):
   np.testing.assert_allclose(train.mean(0), 0, atol=1e-5)
   np.testing.assert_allclose(train.std(0), 1, atol=1e-5)
   # The first 78 batches of 256 (of one 20,000-point epoch) are distinct training points.
-  read = np.concatenate([data.train_batches(c)[s]["x"][0] for s in range(78)])
+  batches = data.train_batches(c)
+  read = np.concatenate([batches[s]["x"][0] for s in range(78)])
   assert len(np.unique(read, axis=0)) == len(read)
   assert set(map(bytes, read)) <= set(map(bytes, train))
 
