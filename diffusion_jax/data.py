@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import functools
 import io
+import math
 import sys
 from collections.abc import Iterator
 from typing import Any
@@ -30,6 +31,8 @@ import numpy as np
 import PIL.Image
 import tensorflow_datasets as tfds
 from absl import flags, logging
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from tensorflow_datasets.core.data_sources import array_record
 
 from diffusion_jax import logs
 
@@ -327,17 +330,88 @@ def flips(seed: int, positions: np.ndarray) -> np.ndarray:
   return (z >> np.uint64(63)).astype(bool)
 
 
+def _packed_example_class() -> type:
+  """A message class for serialized `tf.train.Example`s that reads each `int64_list` as the raw bytes of its packed
+  varints: a packed repeated field and a `bytes` field share one wire format, so parsing skips the per-value decoding
+  (and Python ints) of TFDS's parser; `_uint8_values` decodes a whole batch at once with NumPy."""
+  F = descriptor_pb2.FieldDescriptorProto
+  proto = descriptor_pb2.FileDescriptorProto(name="diffusion_jax/packed_example.proto", package="diffusion_jax",
+                                             syntax="proto3")
+  for name, fields, is_map_entry in [
+      ("PackedInt64List", [("value", 1, F.TYPE_BYTES, F.LABEL_OPTIONAL, None)], False),
+      ("PackedFeature", [("int64_list", 3, F.TYPE_MESSAGE, F.LABEL_OPTIONAL, "PackedInt64List")], False),
+      ("PackedFeatureEntry", [("key", 1, F.TYPE_STRING, F.LABEL_OPTIONAL, None),
+                              ("value", 2, F.TYPE_MESSAGE, F.LABEL_OPTIONAL, "PackedFeature")], True),
+      ("PackedFeatures", [("feature", 1, F.TYPE_MESSAGE, F.LABEL_REPEATED, "PackedFeatureEntry")], False),
+      ("PackedExample", [("features", 1, F.TYPE_MESSAGE, F.LABEL_OPTIONAL, "PackedFeatures")], False)]:
+    message = proto.message_type.add(name=name)
+    message.options.map_entry = is_map_entry
+    for field_name, number, kind, label, type_name in fields:
+      field = message.field.add(name=field_name, number=number, type=kind, label=label)
+      if type_name:
+        field.type_name = f".diffusion_jax.{type_name}"
+  pool = descriptor_pool.DescriptorPool()
+  pool.Add(proto)
+  return message_factory.GetMessageClass(pool.FindMessageTypeByName("diffusion_jax.PackedExample"))
+
+
+_PackedExample = _packed_example_class()
+
+
+def _stores_int64_tensors(source: Any) -> bool:
+  """Whether `source` is array_record whose `image` is a fixed-shape uint8 tensor (and `label` an int64 scalar),
+  which TFDS stores as `int64_list`s of `tf.train.Example` protos (encoded images, e.g. PNG, are `bytes`)."""
+  if not isinstance(source, array_record.ArrayRecordDataSource):
+    return False
+  info = source.dataset_info.features.get_serialized_info()
+  image, label = info.get("image"), info.get("label")
+  static = image is not None and all(isinstance(d, int) for d in image.shape)
+  return (static and image.np_dtype == np.uint8 and not image.sequence_rank
+          and (label is None or (label.np_dtype == np.int64 and label.shape == ())))
+
+
+def _uint8_values(packed: bytes) -> np.ndarray:
+  """Packed varints of values in [0, 256) -> uint8: a value >= 128 is the two bytes (value, 0x01), so each value
+  is the first byte of its varint, and a byte is a first byte when the byte before it is < 128."""
+  b = np.frombuffer(packed, np.uint8)
+  first = np.empty(len(b), bool)
+  first[:1] = True
+  np.less(b[:-1], 0x80, out=first[1:])
+  return np.compress(first, b)
+
+
+def _varint(packed: bytes) -> int:
+  """The non-negative integer of one varint (little-endian groups of 7 bits)."""
+  return sum((byte & 0x7F) << (7 * i) for i, byte in enumerate(packed))
+
+
+def _parse_int64_tensors(source: Any, keys: list[int]) -> dict[str, np.ndarray]:
+  """Records `keys` of a `_stores_int64_tensors` source as one batch, parsed straight from the protos' packed
+  int64 lists: ~3x faster than TFDS's per-example decoding (`benchmarks/input_pipeline.py`)."""
+  shape = tuple(source.dataset_info.features.get_serialized_info()["image"].shape)
+  features = [_PackedExample.FromString(r).features.feature for r in source.data_source.__getitems__(keys)]
+  x = _uint8_values(b"".join([f["image"].int64_list.value for f in features]))
+  if x.size != len(keys) * math.prod(shape):
+    raise ValueError(f"records {keys} of {source.dataset_info.name!r} hold {x.size} image values, not "
+                     f"{len(keys)} x {shape}: not a packed list of uint8 values.")
+  out = {"x": x.reshape(len(keys), *shape)}
+  if "label" in features[0]:
+    out["label"] = np.array([_varint(f["label"].int64_list.value) for f in features], np.int32)
+  return out
+
+
 def _read_batch(source: Any, crop: int | None, flip_seed: int | None, batch_index: int,
                 indices: np.ndarray) -> dict[str, np.ndarray]:
   """Local batch `batch_index` of the stream: the records at `indices`, read in one call, mirrored where drawn."""
-  records = [_record(e, crop) for e in source.__getitems__([int(i) for i in indices])]
-  x = np.stack([r["x"] for r in records])
+  keys = [int(i) for i in indices]
+  if crop is None and _stores_int64_tensors(source):
+    out = _parse_int64_tensors(source, keys)
+  else:
+    records = [_record(e, crop) for e in source.__getitems__(keys)]
+    out = {k: np.stack([r[k] for r in records]) for k in records[0]}
   if flip_seed is not None:
     mirrored = flips(flip_seed, batch_index * len(indices) + np.arange(len(indices)))
-    x[mirrored] = x[mirrored, :, ::-1]
-  out = {"x": x}
-  if "label" in records[0]:
-    out["label"] = np.stack([r["label"] for r in records])
+    out["x"][mirrored] = out["x"][mirrored, :, ::-1]
   return out
 
 

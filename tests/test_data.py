@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 import scipy.stats
+import tensorflow_datasets as tfds
 from scipy import spatial
 from scipy.spatial import distance
 
@@ -27,6 +28,60 @@ def test_digits_is_a_real_tfds_dataset_read_through_data_source(data_dir):
   assert images.dtype == np.uint8 and images.shape[1:] == (8, 8, 1)
   assert images.min() == 0 and images.max() == 255
   assert sorted({int(train[i]["label"]) for i in range(len(train))}) == list(range(10))
+
+
+class _TensorImages(tfds.core.GeneratorBasedBuilder):
+  """Every uint8 level in images stored as int64 lists (`Tensor`), labels of up to three varint bytes."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  name = "diffusion_jax_test_tensor_images"
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        "image": tfds.features.Tensor(shape=(5, 7, 3), dtype=np.uint8),
+        "label": tfds.features.ClassLabel(num_classes=100_000)}))
+
+  def _split_generators(self, dl_manager):
+    return {"train": self._generate_examples()}
+
+  def _generate_examples(self):
+    rng = np.random.default_rng(0)
+    for i in range(300):
+      image = rng.integers(0, 256, (5, 7, 3), np.uint8)
+      image.flat[:3] = [0, 127 + i % 2, 255]  # the varints' edges: one byte, two bytes
+      yield i, {"image": image, "label": int(rng.choice([0, 127, 128, 16_383, 16_384, 99_999]))}
+
+
+class _BytesImages(_TensorImages):
+  """The same images stored as one `bytes` value each (as encoded images are): TFDS's own decoding reads them."""
+
+  name = "diffusion_jax_test_bytes_images"
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        "image": tfds.features.Tensor(shape=(5, 7, 3), dtype=np.uint8, encoding=tfds.features.Encoding.BYTES),
+        "label": tfds.features.ClassLabel(num_classes=100_000)}))
+
+
+@pytest.mark.parametrize("builder_class, parsed", [(_TensorImages, True), (_BytesImages, False)])
+def test_batches_read_exactly_what_tfds_decodes(tmp_path, builder_class, parsed):
+  """Batches parsed from the protos' packed int64 lists (or, for images stored as bytes, TFDS's decoding) hold exactly
+  the records TFDS's per-example decoding gives, flipped where `flips` draws it."""
+  builder = builder_class(data_dir=str(tmp_path), file_format="array_record")
+  builder.download_and_prepare()
+  source = builder.as_data_source(split="train")
+  assert data._stores_int64_tensors(source) == parsed
+  indices = np.random.default_rng(1).permutation(300)[:200]
+  expected = [source[int(i)] for i in indices]
+  for flip_seed in [None, 3]:
+    batch = data._read_batch(source, None, flip_seed, 4, indices)
+    assert batch["x"].dtype == np.uint8 and batch["label"].dtype == np.int32
+    mirrored = np.zeros(200, bool) if flip_seed is None else data.flips(flip_seed, 800 + np.arange(200))
+    assert 0 < mirrored.sum() < 200 or flip_seed is None
+    for image, label, e, m in zip(batch["x"], batch["label"], expected, mirrored):
+      np.testing.assert_array_equal(image, e["image"][:, ::-1] if m else e["image"])
+      assert label == e["label"]
+  assert {int(e["label"]) for e in expected} == {0, 127, 128, 16_383, 16_384, 99_999}
 
 
 def test_train_batches_deterministic_and_each_epoch_a_permutation(data_dir):
