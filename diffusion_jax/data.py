@@ -387,7 +387,8 @@ def _varint(packed: bytes) -> int:
 
 def _parse_int64_tensors(source: Any, keys: list[int]) -> dict[str, np.ndarray]:
   """Records `keys` of a `_stores_int64_tensors` source as one batch, parsed straight from the protos' packed
-  int64 lists: ~3x faster than TFDS's per-example decoding (`benchmarks/input_pipeline.py`)."""
+  int64 lists: 128 CIFAR-10-shaped records read and parsed in 3.7 ms, against 8.8 ms through TFDS's per-example
+  decoding (BENCHMARKS.md)."""
   shape = tuple(source.dataset_info.features.get_serialized_info()["image"].shape)
   features = [_PackedExample.FromString(r).features.feature for r in source.data_source.__getitems__(keys)]
   x = _uint8_values(b"".join([f["image"].int64_list.value for f in features]))
