@@ -20,7 +20,7 @@ import functools
 import io
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grain
@@ -286,7 +286,7 @@ def train_batches(config: ml_collections.ConfigDict, *, process_index: int | Non
   else:
     source = image_source(name, "train", config.data.data_dir)
     flip_seed = config.seed + 1 if config.data.get("random_flip", False) else None
-    read = functools.partial(_read_batch, source, CROP_SIZES.get(name), flip_seed)
+    read = functools.partial(_read_batch, _batch_decoder(source, CROP_SIZES.get(name)), flip_seed)
   order = functools.partial(stream_indices, config.seed, len(source))
   ds = grain.MapDataset.range(sys.maxsize).map(lambda b: read(b, order(b * local + np.arange(local))))
   return ds[process_index::process_count].batch(config.training.steps_per_call, drop_remainder=True)
@@ -385,11 +385,10 @@ def _varint(packed: bytes) -> int:
   return sum((byte & 0x7F) << (7 * i) for i, byte in enumerate(packed))
 
 
-def _parse_int64_tensors(source: Any, keys: list[int]) -> dict[str, np.ndarray]:
-  """Records `keys` of a `_stores_int64_tensors` source as one batch, parsed straight from the protos' packed
-  int64 lists: 128 CIFAR-10-shaped records read and parsed in 3.7 ms, against 8.8 ms through TFDS's per-example
-  decoding (BENCHMARKS.md)."""
-  shape = tuple(source.dataset_info.features.get_serialized_info()["image"].shape)
+def _parse_int64_tensors(source: Any, shape: tuple[int, ...], keys: list[int]) -> dict[str, np.ndarray]:
+  """Records `keys` of a `_stores_int64_tensors` source (images of `shape`) as one batch, parsed straight from the
+  protos' packed int64 lists: 128 CIFAR-10-shaped records read and parsed in 3.7 ms, against 8.8 ms through TFDS's
+  per-example decoding (BENCHMARKS.md)."""
   features = [_PackedExample.FromString(r).features.feature for r in source.data_source.__getitems__(keys)]
   x = _uint8_values(b"".join([f["image"].int64_list.value for f in features]))
   if x.size != len(keys) * math.prod(shape):
@@ -401,15 +400,25 @@ def _parse_int64_tensors(source: Any, keys: list[int]) -> dict[str, np.ndarray]:
   return out
 
 
-def _read_batch(source: Any, crop: int | None, flip_seed: int | None, batch_index: int,
-                indices: np.ndarray) -> dict[str, np.ndarray]:
-  """Local batch `batch_index` of the stream: the records at `indices`, read in one call, mirrored where drawn."""
-  keys = [int(i) for i in indices]
+def _decode_records(source: Any, crop: int | None, keys: list[int]) -> dict[str, np.ndarray]:
+  """Records `keys` of `source` as one batch, each decoded by TFDS (and cropped per `crop`)."""
+  records = [_record(e, crop) for e in source.__getitems__(keys)]
+  return {k: np.stack([r[k] for r in records]) for k in records[0]}
+
+
+def _batch_decoder(source: Any, crop: int | None) -> Callable[[list[int]], dict[str, np.ndarray]]:
+  """`keys -> batch` for `source`, chosen once: parsed from the packed int64 lists where `_stores_int64_tensors`
+  holds (and nothing is cropped), else decoded record by record by TFDS (encoded images, e.g. PNG)."""
   if crop is None and _stores_int64_tensors(source):
-    out = _parse_int64_tensors(source, keys)
-  else:
-    records = [_record(e, crop) for e in source.__getitems__(keys)]
-    out = {k: np.stack([r[k] for r in records]) for k in records[0]}
+    shape = tuple(source.dataset_info.features.get_serialized_info()["image"].shape)
+    return functools.partial(_parse_int64_tensors, source, shape)
+  return functools.partial(_decode_records, source, crop)
+
+
+def _read_batch(decode: Callable[[list[int]], dict[str, np.ndarray]], flip_seed: int | None, batch_index: int,
+                indices: np.ndarray) -> dict[str, np.ndarray]:
+  """Local batch `batch_index` of the stream: the records at `indices`, decoded in one call, mirrored where drawn."""
+  out = decode([int(i) for i in indices])
   if flip_seed is not None:
     mirrored = flips(flip_seed, batch_index * len(indices) + np.arange(len(indices)))
     out["x"][mirrored] = out["x"][mirrored, :, ::-1]

@@ -74,7 +74,7 @@ def test_batches_read_exactly_what_tfds_decodes(tmp_path, builder_class, parsed)
   indices = np.random.default_rng(1).permutation(300)[:200]
   expected = [source[int(i)] for i in indices]
   for flip_seed in [None, 3]:
-    batch = data._read_batch(source, None, flip_seed, 4, indices)
+    batch = data._read_batch(data._batch_decoder(source, None), flip_seed, 4, indices)
     assert batch["x"].dtype == np.uint8 and batch["label"].dtype == np.int32
     mirrored = np.zeros(200, bool) if flip_seed is None else data.flips(flip_seed, 800 + np.arange(200))
     assert 0 < mirrored.sum() < 200 or flip_seed is None
