@@ -392,8 +392,8 @@ def _parse_int64_tensors(source: Any, shape: tuple[int, ...], keys: list[int]) -
   features = [_PackedExample.FromString(r).features.feature for r in source.data_source.__getitems__(keys)]
   x = _uint8_values(b"".join([f["image"].int64_list.value for f in features]))
   if x.size != len(keys) * math.prod(shape):
-    raise ValueError(f"records {keys} of {source.dataset_info.name!r} hold {x.size} image values, not "
-                     f"{len(keys)} x {shape}: not a packed list of uint8 values.")
+    raise ValueError(f"{len(keys)} records of {source.dataset_info.name!r} (the first: {keys[0]}) hold {x.size} "
+                     f"image values, not {len(keys)} x {shape}: not a packed list of uint8 values.")
   out = {"x": x.reshape(len(keys), *shape)}
   if "label" in features[0]:
     out["label"] = np.array([_varint(f["label"].int64_list.value) for f in features], np.int32)
