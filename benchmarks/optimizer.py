@@ -64,19 +64,18 @@ def main() -> None:
   flat, unravel = jax.flatten_util.ravel_pytree(params)
   flat_grads = 1e-3 * jnp.ones_like(flat)
 
-  tree_step = common.jit(functools.partial(per_array, tx), donate_argnums=(1, 2, 3))
-  flat_step = common.jit(functools.partial(per_array, tx), donate_argnums=(1, 2, 3))
+  update = common.jit(functools.partial(per_array, tx), donate_argnums=(1, 2, 3))  # a tree or one flat vector
   packed_step = common.jit(functools.partial(packed, tx, unravel), donate_argnums=(1, 2, 3))
   holders = {"tree": [params, jax.tree.map(jnp.copy, params), tx.init(params)],
              "flat": [flat, jnp.copy(flat), tx.init(flat)],
              "packed": [jnp.copy(flat), jnp.copy(flat), tx.init(flat)]}
 
   def run_tree():
-    holders["tree"] = list(tree_step(grads, *holders["tree"]))
+    holders["tree"] = list(update(grads, *holders["tree"]))
     return holders["tree"]
 
   def run_flat():
-    holders["flat"] = list(flat_step(flat_grads, *holders["flat"]))
+    holders["flat"] = list(update(flat_grads, *holders["flat"]))
     return holders["flat"]
 
   def run_packed():
