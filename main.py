@@ -26,8 +26,9 @@ from collections.abc import Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from diffusion_jax import config as config_lib
-from diffusion_jax import evaluate, parallel, train
+from diffusion_jax.run import config as config_lib
+from diffusion_jax.run import modes as evaluate
+from diffusion_jax.run import parallel, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(

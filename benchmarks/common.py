@@ -14,7 +14,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from diffusion_jax import compiler
+from diffusion_jax.run import compiler
 
 # Set from the scripts' --xla_defaults flag: compile with XLA's default options instead of the library's.
 XLA_DEFAULTS = False
@@ -23,7 +23,7 @@ XLA_DEFAULTS = False
 def parse_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
   """`parser.parse_args()` with the shared `--xla_defaults` flag added and applied."""
   parser.add_argument("--xla_defaults", action="store_true",
-                      help="compile with XLA's default options instead of diffusion_jax.compiler's")
+                      help="compile with XLA's default options instead of diffusion_jax.run.compiler's")
   args = parser.parse_args()
   global XLA_DEFAULTS
   XLA_DEFAULTS = args.xla_defaults
@@ -31,7 +31,7 @@ def parse_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
 
 
 def jit(fn: Callable[..., Any], **kwargs: Any) -> Any:
-  """`jax.jit` with the library's compiler options (`diffusion_jax.compiler`), unless `XLA_DEFAULTS`."""
+  """`jax.jit` with the library's compiler options (`diffusion_jax.run.compiler`), unless `XLA_DEFAULTS`."""
   return jax.jit(fn, **kwargs) if XLA_DEFAULTS else compiler.jit(fn, **kwargs)
 
 

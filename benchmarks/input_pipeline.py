@@ -29,7 +29,8 @@ from random_cifar10 import NAME, RandomCifar10  # noqa: E402
 
 import common  # noqa: E402
 from configs import default  # noqa: E402
-from diffusion_jax import data, parallel  # noqa: E402
+from diffusion_jax import parallel  # noqa: E402
+from diffusion_jax.run import data
 
 
 def prepare(data_dir: str, records: int) -> None:

@@ -36,7 +36,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 import train_throughput  # noqa: E402
-from diffusion_jax import data, experiment, sampling, schedules  # noqa: E402
+from diffusion_jax import sampling, schedules  # noqa: E402
+from diffusion_jax.run import build as experiment
+from diffusion_jax.run import data
 
 
 def torch_side(ch: int, batch: int, sample_steps: int, dtype: str) -> dict:

@@ -23,21 +23,26 @@ import jax
 
 sys.path.insert(0, os.path.dirname(__file__))
 import common  # noqa: E402
-from diffusion_jax import experiment, images, parallel  # noqa: E402
-from diffusion_jax.metrics import quality  # noqa: E402
+from diffusion_jax import parallel  # noqa: E402
+from diffusion_jax.run import (
+  images,
+  quality,  # noqa: E402
+  sampler,
+  trained,
+)
 
 SAMPLERS = {"ancestral": ("ancestral", 2), "ddim": ("ddim", 2), "dpm_solver++ 2": ("dpm_solver++", 2),
             "dpm_solver++ 3": ("dpm_solver++", 3), "unipc 2": ("unipc", 2), "unipc 3": ("unipc", 3)}
 
 
-def draw(workdir: str, num_samples: int, batch_size: int, **overrides) -> tuple[experiment.Run, object, float]:
+def draw(workdir: str, num_samples: int, batch_size: int, **overrides) -> tuple[trained.Run, object, float]:
   """(run, samples, seconds per batch after compilation) of the run's sampler under `overrides`."""
-  run = experiment.load(workdir, **{"sampling.batch_size": batch_size, **overrides})
-  sampler = experiment.Sampler(run.experiment, batch_size)
+  run = trained.load(workdir, **{"sampling.batch_size": batch_size, **overrides})
+  draw_batches = sampler.Sampler(run.experiment, batch_size)
   key = jax.random.key(run.config.sampling.seed)
-  sampler(run.params, batch_size, key, "compiling")  # compile (and warm up) on one batch
+  draw_batches(run.params, batch_size, key, "compiling")  # compile (and warm up) on one batch
   start = time.perf_counter()
-  samples = sampler(run.params, num_samples, key)
+  samples = draw_batches(run.params, num_samples, key)
   return run, samples, (time.perf_counter() - start) / -(-num_samples // batch_size)
 
 

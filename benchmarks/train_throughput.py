@@ -30,9 +30,11 @@ sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 from configs import default  # noqa: E402
-from diffusion_jax import config as config_lib  # noqa: E402
-from diffusion_jax import data, experiment, parallel, schedules
-from diffusion_jax import step as step_lib  # noqa: E402
+from diffusion_jax import schedules
+from diffusion_jax.run import build as experiment
+from diffusion_jax.run import config as config_lib  # noqa: E402
+from diffusion_jax.run import data, parallel
+from diffusion_jax.run import step as step_lib  # noqa: E402
 
 WORKLOADS = {
     "cpu": dict(ch=64, batch=16),

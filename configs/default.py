@@ -83,7 +83,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.sampling.order = 2  # dpm_solver++ and unipc only: 1, 2 or 3
   c.sampling.eta = 0.0  # ddim only: 0 deterministic, 1 ancestral-like
   c.sampling.clip_denoised = True  # clip the predicted x_0 to [-1, 1] (images only)
-  c.sampling.use_ema = True  # --mode sample/eval and experiment.load use the EMA parameters
+  c.sampling.use_ema = True  # --mode sample/eval and trained.load use the EMA parameters
   c.sampling.num_samples = 64  # --mode sample
   c.sampling.batch_size = 64  # samples per compiled call
   c.sampling.preview_samples = 64  # in each training preview grid
@@ -98,7 +98,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.eval.batch_size = 128
   c.eval.num_examples = 0  # 0: the whole split
   c.eval.timesteps_per_call = 1  # timesteps of the bound evaluated at once (divides T)
-  # Sample quality (diffusion_jax.metrics.quality): --mode eval, and during training every quality_every_steps.
+  # Sample quality (diffusion_jax.run.quality): --mode eval, and during training every quality_every_steps.
   c.eval.quality_metric = "auto"  # auto (inception for RGB, classifier for grey, energy for 2-D), or one of them
   c.eval.quality_samples = 1000  # samples scored; the baseline uses as many test examples
   c.eval.quality_every_steps = 0  # 0: never during training (--mode eval only)

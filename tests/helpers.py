@@ -82,7 +82,7 @@ def free_port() -> int:
 def load_state(config, workdir: str, step: int | None = None):
   """The TrainState a checkpoint of `workdir` holds, as numpy, via the library's own restore path."""
   from diffusion_jax import experiment
-  from diffusion_jax.checkpoint import Checkpointer
+  from diffusion_jax.run.checkpoint import Checkpointer
   exp = experiment.build(config, workdir)
   ckpt = Checkpointer(workdir, read_only=True)
   state, _ = ckpt.restore(experiment.abstract_state(exp), step)

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import compiler
 from diffusion_jax.models.unet import UNet
+from diffusion_jax.run import compiler
 
 pytestmark = pytest.mark.skipif(compiler.compiler_options() is None,
                                 reason="no library options for this backend or jaxlib")

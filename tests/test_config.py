@@ -4,8 +4,10 @@ import numpy as np
 import pytest
 
 from configs import default, tiny
-from diffusion_jax import config as config_lib
-from diffusion_jax import data, experiment, schedules
+from diffusion_jax import schedules
+from diffusion_jax.run import build as experiment
+from diffusion_jax.run import config as config_lib
+from diffusion_jax.run import data
 from helpers import tiny_config
 
 

@@ -11,8 +11,8 @@ from scipy import spatial
 from scipy.spatial import distance
 
 from configs import tiny
-from diffusion_jax import data
 from diffusion_jax.metrics import stats
+from diffusion_jax.run import data
 from helpers import tiny_config as _config
 
 
@@ -70,13 +70,13 @@ def test_batches_read_exactly_what_tfds_decodes(tmp_path, builder_class, parsed)
   builder = builder_class(data_dir=str(tmp_path), file_format="array_record")
   builder.download_and_prepare()
   source = builder.as_data_source(split="train")
-  decode = data._batch_decoder(source, None)
-  assert data._stores_int64_tensors(source) == parsed
-  assert (decode.func is data._parse_int64_tensors) == parsed  # the fast path is the one taken where it applies
+  decode = data.batch_decoder(source, None)
+  assert data.stores_int64_tensors(source) == parsed
+  assert (decode.func is data.parse_int64_tensors) == parsed  # the fast path is the one taken where it applies
   indices = np.random.default_rng(1).permutation(300)[:200]
   expected = [source[int(i)] for i in indices]
   for flip_seed in [None, 3]:
-    batch = data._read_batch(decode, flip_seed, 4, indices)
+    batch = data.read_batch(decode, flip_seed, 4, indices)
     assert batch["x"].dtype == np.uint8 and batch["label"].dtype == np.int32
     mirrored = np.zeros(200, bool) if flip_seed is None else data.flips(flip_seed, 800 + np.arange(200))
     assert 0 < mirrored.sum() < 200 or flip_seed is None
@@ -92,7 +92,7 @@ def test_records_that_are_not_packed_uint8_lists_are_refused(tmp_path):
   builder.download_and_prepare()
   source = builder.as_data_source(split="train")
   with pytest.raises(ValueError, match=r"hold 0 image values, not 4 x \(5, 7, 3\): not a packed list of uint8"):
-    data._parse_int64_tensors(source, (5, 7, 3), [0, 1, 2, 3])
+    data.parse_int64_tensors(source, (5, 7, 3), [0, 1, 2, 3])
 
 
 def test_train_batches_deterministic_and_each_epoch_a_permutation(data_dir):

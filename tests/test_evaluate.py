@@ -5,7 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import compiler, data, evaluate, experiment, losses, sampling, schedules
+from diffusion_jax import losses, sampling, schedules
+from diffusion_jax.run import build as experiment
+from diffusion_jax.run import compiler, data
+from diffusion_jax.run import modes as evaluate
 from helpers import tiny_config
 
 INFO = data.DatasetInfo("digits", (8, 8, 1), 10, True)
@@ -59,7 +62,7 @@ def test_the_configs_samplers_are_the_library_functions(sampler, spacing):
   params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(p.size), p.shape), _params(exp))
   key = jax.random.key(3)
   labels = jnp.arange(8) % 10  # configs/tiny.py is class-conditional; w = 1: the conditional network
-  got = experiment.make_sampler(exp, 8)(params, key, labels)
+  got = sampler.make_sampler(exp, 8)(params, key, labels)
   fn = experiment.model_fn(exp.model, params, labels=labels)
   shape = (8, 8, 8, 1)
   timesteps = schedules.sampling_timesteps(exp.betas, 10, spacing)

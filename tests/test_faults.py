@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import helpers
-from diffusion_jax import train
-from diffusion_jax.checkpoint import Checkpointer
+from diffusion_jax.run import train
+from diffusion_jax.run.checkpoint import Checkpointer
 
 # 10-30 steps/s at batch 64 on 2 cores: a checkpoint's asynchronous write (~1-2 s) ends well before the next is due.
 STEPS, EVERY = 150, 50

@@ -31,11 +31,11 @@ def test_the_math_imports_nothing_of_the_runtime(name):
   assert not any(m.startswith(("orbax", "tensorflow_datasets", "grain", "optax")) for m in loaded)
 
 
-@pytest.mark.parametrize("name", ["diffusion_jax.evaluate", "diffusion_jax.metrics.quality"])
+@pytest.mark.parametrize("name", ["diffusion_jax.run.modes", "diffusion_jax.run.quality"])
 def test_sample_eval_and_metrics_never_import_the_training_loop(name):
   loaded = _loaded_after(name)
-  assert "diffusion_jax.data" in loaded
-  assert not loaded & {"diffusion_jax.train", "diffusion_jax.step"}
+  assert "diffusion_jax.run.data" in loaded
+  assert not loaded & {"diffusion_jax.run.train", "diffusion_jax.run.step"}
 
 
 def test_loading_a_diffusers_checkpoint_never_imports_torch():

@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 from absl import logging
 
-from diffusion_jax import logs
 from diffusion_jax.checks import report_progress
+from diffusion_jax.run import logs
 
 
 def _capture(monkeypatch):

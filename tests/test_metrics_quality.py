@@ -16,8 +16,9 @@ from PIL import Image
 
 import helpers
 from configs import toy2d
-from diffusion_jax import data, experiment, losses, train
-from diffusion_jax.metrics import classifier, quality, stats
+from diffusion_jax import losses
+from diffusion_jax.run import build as experiment
+from diffusion_jax.run import classifier, data, quality, sampler, stats, train
 
 
 def _digits(data_dir, **overrides):
@@ -93,7 +94,7 @@ def test_trained_digits_model_scores_far_better_than_an_untrained_one(digits_run
   exp = experiment.build(c)
   scorer = quality.Scorer(c, exp.info, exp.mesh)
   init = experiment.init_state(exp.model, exp.tx, exp.info, jax.random.key(0)).params
-  untrained = scorer.score(experiment.Sampler(exp, 64)(init, 297, jax.random.key(1)))
+  untrained = scorer.score(sampler.Sampler(exp, 64)(init, 297, jax.random.key(1)))
   # Measured (Intel Xeon, 2 cores): dataset FID 6.98 trained vs 100-112 untrained (real data: 1.71); class
   # balance 0.980 vs 0.74-0.78 (real: 0.995); confident share 0.42 vs 0.28 (real: 0.84).
   assert trained["quality/dataset_fid"] < 0.2 * untrained["dataset_fid"]
@@ -136,7 +137,7 @@ def test_shipped_toy_config_matches_real_two_moons_and_untrained_does_not(tmp_pa
   scorer = quality.Scorer(c, exp.info, exp.mesh)
   b = scorer.baseline["energy_distance"]
   init = experiment.init_state(exp.model, exp.tx, exp.info, jax.random.key(0)).params
-  untrained = scorer.score(experiment.Sampler(exp, 2000)(init, 2000, jax.random.key(1)))["energy_distance"]
+  untrained = scorer.score(sampler.Sampler(exp, 2000)(init, 2000, jax.random.key(1)))["energy_distance"]
   # Real data's baseline is the mean of 10 disjoint draws of 2000 training points, V-statistic expectation
   # 2 E||X - X'|| / 2000 = 0.00177 (20,000 held-out points); this ten-draw mean measured 0.00153.
   assert 0.001 < b < 0.0025

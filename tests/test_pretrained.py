@@ -15,8 +15,11 @@ import pytest
 
 import diffusers_reference as ref
 import helpers
-from diffusion_jax import data, evaluate, experiment, pretrained, schedules, train
+from diffusion_jax import pretrained, schedules
 from diffusion_jax.models.unet import UNet
+from diffusion_jax.run import build as experiment
+from diffusion_jax.run import data, sampler, train, transfer
+from diffusion_jax.run import modes as evaluate
 from helpers import tiny_config
 
 TINY = os.path.join(ref.FIXTURES, "ddpm-tiny")
@@ -133,10 +136,10 @@ def test_the_configs_of_the_published_models_match_their_files(name, published):
   model, shape = pretrained.unet_from_config(ref.published_config(published))
   keys = pretrained.diffusion_from_scheduler(ref.published_config(published, "scheduler_config.json"))
   exp = experiment.build(c, info=data.DatasetInfo(c.data.dataset, shape, None, True))
-  experiment.check_pretrained(exp, pretrained.Pretrained(model, shape, {}, keys))
+  transfer.check_pretrained(exp, pretrained.Pretrained(model, shape, {}, keys))
   c.model.attn_resolutions = (8,)
   with pytest.raises(ValueError, match=r"model.attn_resolutions = \(8,\), the checkpoint's is \(16,\)"):
-    experiment.check_pretrained(experiment.build(c, info=exp.info), pretrained.Pretrained(model, shape, {}, keys))
+    transfer.check_pretrained(experiment.build(c, info=exp.info), pretrained.Pretrained(model, shape, {}, keys))
 
 
 @pytest.mark.parametrize("key,value", [
@@ -292,10 +295,10 @@ def test_main_samples_and_evaluates_from_a_diffusers_directory(data_dir, tmp_pat
   images = np.load(os.path.join(workdir, "samples_pretrained.npz"))["samples"]
   assert os.path.exists(os.path.join(workdir, "samples_pretrained.png"))
   c = _tiny_pretrained_config(data_dir)
-  exp = experiment.build(c, info=experiment.pretrained_info(c))
-  draw = lambda params: data.to_uint8(experiment.Sampler(exp, c.sampling.batch_size)(
+  exp = experiment.build(c, info=transfer.pretrained_info(c))
+  draw = lambda params: data.to_uint8(sampler.Sampler(exp, c.sampling.batch_size)(
       params, c.sampling.num_samples, jax.random.key(c.sampling.seed)))
-  np.testing.assert_array_equal(images, draw(experiment.load_pretrained(exp)))
+  np.testing.assert_array_equal(images, draw(transfer.load_pretrained(exp)))
   assert not np.array_equal(images, draw(experiment.init_state(exp.model, exp.tx, exp.info,
                                                               jax.random.key(0)).params))
   c.eval.quality_samples = 0
@@ -310,17 +313,17 @@ def test_a_directory_that_does_not_match_the_config_names_every_difference(data_
   c.diffusion.num_diffusion_steps = 40
   exp = experiment.build(c, info=data.DatasetInfo("digits", (8, 8, 1), None, True))
   with pytest.raises(ValueError, match=r"model.ch = 16, the checkpoint's is 8; diffusion.num_diffusion_steps = 40"):
-    experiment.load_pretrained(exp)
+    transfer.load_pretrained(exp)
   c = _tiny_pretrained_config(data_dir)
   c.diffusion.beta_kwargs.beta_end = 0.3
   with pytest.raises(ValueError, match=r"gives betas 0.002..0.3; the checkpoint's are 'linear', 0.002..0.4"):
-    experiment.load_pretrained(experiment.build(c, info=data.DatasetInfo("digits", (8, 8, 1), None, True)))
+    transfer.load_pretrained(experiment.build(c, info=data.DatasetInfo("digits", (8, 8, 1), None, True)))
 
 
 def test_training_starts_from_the_pretrained_weights(data_dir, tmp_path):
   c = _tiny_pretrained_config(data_dir)
   exp = experiment.build(c, info=data.DatasetInfo("digits", (8, 8, 1), None, True))
-  from diffusion_jax.checkpoint import Checkpointer
+  from diffusion_jax.run.checkpoint import Checkpointer
   ckpt = Checkpointer(str(tmp_path))
   state = train.restore_or_init(exp, ckpt)
   ckpt.close()

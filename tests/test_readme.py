@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 
 import helpers
-from diffusion_jax import data, evaluate, experiment
+from diffusion_jax.run import data, trained
+from diffusion_jax.run import modes as evaluate
 
 PYTHON = helpers.readme_blocks("python")
 SMALL_PYTHON = {"num_diffusion_steps=1000": "num_diffusion_steps=50", "ch=128": "ch=32",
@@ -109,7 +110,7 @@ def test_export_and_its_reload(trained_workdir):
   workdir, _ = trained_workdir
   export = [line for line in README.splitlines() if line.startswith("python main.py") and "--mode" in line][-2:]
   assert "--mode export" in export[0] and "--config.pretrained=workdirs/digits/diffusers" in export[1]
-  config = experiment.load(workdir).config
+  config = trained.load(workdir).config
   evaluate.export(config, workdir)
   config.pretrained = os.path.join(workdir, "diffusers")
   again = os.path.join(os.path.dirname(workdir), "digits_export")

@@ -11,8 +11,9 @@ import pytest
 import scipy.stats
 
 import reference as ref
-from diffusion_jax import data, experiment
-from diffusion_jax import step as step_lib
+from diffusion_jax.run import build as experiment
+from diffusion_jax.run import data
+from diffusion_jax.run import step as step_lib
 from helpers import tiny_config
 
 SHAPE = (2, 2, 1)  # 4 pixels

@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 
 import helpers
-from diffusion_jax import data, evaluate, experiment, train
-from diffusion_jax import step as step_lib
+from diffusion_jax.run import build as experiment
+from diffusion_jax.run import data, sampler, train, trained
+from diffusion_jax.run import modes as evaluate
+from diffusion_jax.run import step as step_lib
 from helpers import tiny_config as _config
 
 
@@ -118,18 +120,18 @@ def test_worker_processes_train_the_same_run(reference_run, tmp_path, caplog):
 
 def test_load_gives_the_trained_run_and_its_overrides(reference_run):
   config, workdir, state = reference_run
-  run = experiment.load(workdir)
+  run = trained.load(workdir)
   assert run.step == 8 and run.experiment.info == data.DatasetInfo("digits", (8, 8, 1), 10, True)
   chex.assert_trees_all_equal(jax.tree.map(np.asarray, run.params), state.ema_params)
-  raw = experiment.load(workdir, **{"sampling.use_ema": False})
+  raw = trained.load(workdir, **{"sampling.use_ema": False})
   chex.assert_trees_all_equal(jax.tree.map(np.asarray, raw.params), state.params)
-  ddim = experiment.load(workdir, **{"sampling.sampler": "ddim", "sampling.num_steps": 5})
+  ddim = trained.load(workdir, **{"sampling.sampler": "ddim", "sampling.num_steps": 5})
   a, b = run.sample(8, jax.random.key(0)), ddim.sample(8, jax.random.key(0))
   assert a.shape == b.shape == (8, 8, 8, 1) and not np.allclose(a, b)
   with pytest.raises(ValueError, match=r'Did you mean "num_steps" \(sampling.num_steps\)'):
-    experiment.load(workdir, **{"sampling.num_step": 5})
+    trained.load(workdir, **{"sampling.num_step": 5})
   with pytest.raises(FileNotFoundError, match="is not a workdir of main.py --mode train"):
-    experiment.load(os.path.join(workdir, "samples"))
+    trained.load(os.path.join(workdir, "samples"))
 
 
 def test_load_reads_a_workdir_written_before_the_newer_keys(reference_run, tmp_path):
@@ -145,8 +147,8 @@ def test_load_reads_a_workdir_written_before_the_newer_keys(reference_run, tmp_p
   del saved["pretrained"]
   with open(older / "config.json", "w") as f:
     json.dump(saved, f)
-  np.testing.assert_array_equal(experiment.load(str(older)).sample(8, jax.random.key(0)),
-                                experiment.load(workdir).sample(8, jax.random.key(0)))
+  np.testing.assert_array_equal(trained.load(str(older)).sample(8, jax.random.key(0)),
+                                trained.load(workdir).sample(8, jax.random.key(0)))
 
 
 def test_sample_and_eval_modes(reference_run):
@@ -176,7 +178,7 @@ def test_sample_mode_uses_the_parameters_it_is_told_to(reference_run, use_ema):
   written = np.load(evaluate.sample(c, workdir))
   images, labels = written["samples"], written["labels"]
   exp = experiment.build(c)
-  draw = lambda params: data.to_uint8(experiment.Sampler(exp, c.sampling.batch_size)(
+  draw = lambda params: data.to_uint8(sampler.Sampler(exp, c.sampling.batch_size)(
       params, len(labels), jax.random.key(c.sampling.seed), labels=labels))
   chosen, other = (state.ema_params, state.params) if use_ema else (state.params, state.ema_params)
   np.testing.assert_array_equal(images, draw(chosen))

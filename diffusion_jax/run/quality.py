@@ -34,10 +34,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffusion_jax import compiler, data, parallel
-from diffusion_jax import config as config_lib
-from diffusion_jax.logs import Progress
-from diffusion_jax.metrics import classifier, inception, stats
+from diffusion_jax.metrics import inception, stats
+from diffusion_jax.run import classifier, compiler, data, parallel
+from diffusion_jax.run import config as config_lib
+from diffusion_jax.run.logs import Progress
 
 METRICS = config_lib.QUALITY_METRICS
 CONFIDENT = 0.9  # a sample is confidently classified when the classifier's top probability reaches this

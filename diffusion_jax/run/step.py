@@ -22,8 +22,9 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from diffusion_jax import compiler, data, losses, parallel, schedules
-from diffusion_jax.experiment import Experiment, TrainState, learning_rate_fn, model_fn, num_classes
+from diffusion_jax import losses, schedules
+from diffusion_jax.run import compiler, data, parallel
+from diffusion_jax.run.experiment import Experiment, TrainState, learning_rate_fn, model_fn, num_classes
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,8 +16,9 @@ from typing import Any
 
 import ml_collections
 
-from diffusion_jax import data, diffusion, sampling, schedules
+from diffusion_jax import diffusion, sampling, schedules
 from diffusion_jax.checks import is_int
+from diffusion_jax.run import data
 
 MODELS = ("unet", "mlp")
 SAMPLERS = ("ancestral", "ddim", *sampling.SOLVERS)

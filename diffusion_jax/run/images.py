@@ -8,41 +8,65 @@ import os
 import numpy as np
 from PIL import Image, ImageDraw
 
-from diffusion_jax import data
+from diffusion_jax.run import data
+
+MAX_COLUMNS = 16  # a class's samples wrap onto further rows past this many
+MAX_SHOWN = 1024  # images in one PNG grid; the .npz holds every sample
 
 
-def image_grid(images: np.ndarray, *, columns: int | None = None, padding: int = 2, min_cell: int = 64) -> np.ndarray:
+def class_cells(labels: np.ndarray, max_columns: int = MAX_COLUMNS) -> tuple[np.ndarray, int]:
+  """Grid cells for samples of several classes: each class starts a row, in the order the classes first appear.
+
+  Args:
+    labels: int class of each sample, shape `(n,)`.
+    max_columns: a class's samples wrap onto further rows past this many.
+
+  Returns:
+    (cell index of each sample in a row-major grid, shape `(n,)`; the grid's columns).
+  """
+  labels = np.asarray(labels)
+  classes = labels[np.sort(np.unique(labels, return_index=True)[1])]
+  counts = [int((labels == c).sum()) for c in classes]
+  columns = min(max_columns, max(counts))
+  cells, row = np.zeros(len(labels), np.int64), 0
+  for c, count in zip(classes, counts):
+    cells[labels == c] = row * columns + np.arange(count)
+    row += -(-count // columns)
+  return cells, columns
+
+
+def image_grid(images: np.ndarray, *, columns: int | None = None, cells: np.ndarray | None = None,
+               padding: int = 2, min_cell: int = 64) -> np.ndarray:
   """Tiles uint8 images `(N, H, W, C)` into one `(rows*H', cols*W', 3)` image, upscaling small ones (nearest).
 
   Args:
     images: uint8, C in {1, 3}.
     columns: images per row; None for a square grid.
+    cells: the row-major cell of each image, shape `(N,)` (e.g. `class_cells`); None: 0, 1, ..., N - 1.
     padding: pixels between cells.
     min_cell: images smaller than this are enlarged by an integer factor.
 
   Returns:
-    uint8 RGB array.
+    uint8 RGB array; cells that no image fills are white.
   """
-  if images.ndim != 4 or images.dtype != np.uint8 or images.shape[-1] not in (1, 3):
-    raise ValueError(f"images must be uint8 of shape (N, H, W, 1 or 3), got {images.dtype} {images.shape}.")
+  if images.ndim != 4 or images.dtype != np.uint8 or images.shape[-1] not in (1, 3) or not len(images):
+    raise ValueError(f"images must be uint8 of shape (N >= 1, H, W, 1 or 3), got {images.dtype} {images.shape}.")
   n, h, w, c = images.shape
+  cells = np.arange(n) if cells is None else np.asarray(cells)
+  if cells.shape != (n,):
+    raise ValueError(f"cells must have shape ({n},), got {cells.shape}.")
   scale = max(1, math.ceil(min_cell / max(h, w)))
   images = images.repeat(scale, 1).repeat(scale, 2)
   if c == 1:
     images = images.repeat(3, -1)
   cols = columns or math.ceil(math.sqrt(n))
-  rows = math.ceil(n / cols)
+  rows = int(cells.max()) // cols + 1
   H, W = h * scale + padding, w * scale + padding
   grid = np.full((rows * H + padding, cols * W + padding, 3), 255, np.uint8)
-  for i, img in enumerate(images):
-    r, col = divmod(i, cols)
+  for cell, img in zip(cells, images):
+    r, col = divmod(int(cell), cols)
     grid[padding + r * H: padding + r * H + h * scale, padding + col * W: padding + col * W + w * scale] = img
   return grid
-
-
-def save_image_grid(images: np.ndarray, path: str, columns: int | None = None) -> None:
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  Image.fromarray(image_grid(images, columns=columns)).save(path)
 
 
 def save_scatter(points: np.ndarray, path: str, reference: np.ndarray | None = None, size: int = 512,
@@ -61,14 +85,22 @@ def save_scatter(points: np.ndarray, path: str, reference: np.ndarray | None = N
   img.save(path)
 
 
-def save_samples(samples: np.ndarray, path: str, info: data.DatasetInfo, dataset: str,
-                 columns: int | None = None, title: str | None = None) -> None:
-  """A grid of image samples in [-1, 1] (`columns` per row; None: square), or a scatter plot of 2-D samples
-  (with `title` on it)."""
-  if info.is_image:
-    save_image_grid(data.to_uint8(samples), path, columns)
-  else:
+def save_samples(samples: np.ndarray, path: str, info: data.DatasetInfo, dataset: str, *,
+                 labels: np.ndarray | None = None, title: str | None = None) -> int:
+  """The first `MAX_SHOWN` image samples in [-1, 1] as a grid (a block of rows per class when `labels` are
+  given, else square), or a scatter plot of 2-D samples with `title` on it.
+
+  Returns:
+    How many samples the file shows.
+  """
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+  if not info.is_image:
     save_scatter(samples, path, reference=data.toy_reference(dataset), title=title)
+    return len(samples)
+  shown = data.to_uint8(samples[:MAX_SHOWN])
+  cells, columns = (None, None) if labels is None else class_cells(labels[:MAX_SHOWN])
+  Image.fromarray(image_grid(shown, columns=columns, cells=cells)).save(path)
+  return len(shown)
 
 
 _COLOURS = [(200, 30, 30), (30, 90, 200), (30, 150, 60), (150, 60, 180), (230, 130, 0), (0, 150, 160)]

@@ -19,12 +19,11 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from diffusion_jax import compiler, data, experiment, images, parallel
-from diffusion_jax.checkpoint import Checkpointer
-from diffusion_jax.experiment import Experiment, TrainState
-from diffusion_jax.logs import MetricWriter, fmt_duration
-from diffusion_jax.metrics import quality
-from diffusion_jax.step import make_train_step
+from diffusion_jax.run import compiler, data, experiment, images, parallel, quality, sampler, trained, transfer
+from diffusion_jax.run.checkpoint import Checkpointer
+from diffusion_jax.run.experiment import Experiment, TrainState
+from diffusion_jax.run.logs import MetricWriter, fmt_duration
+from diffusion_jax.run.step import make_train_step
 
 
 class _Preemption:
@@ -56,7 +55,7 @@ def restore_or_init(exp: Experiment, ckpt: Checkpointer) -> TrainState:
     return state
   params = None
   if exp.config.pretrained is not None:
-    params = experiment.load_pretrained(exp)
+    params = transfer.load_pretrained(exp)
     logging.info("Starting from the pretrained %s.", exp.config.pretrained)
   init = compiler.jit(lambda key, params: experiment.init_state(exp.model, exp.tx, exp.info, key, params),
                       out_shardings=parallel.replicated(exp.mesh))
@@ -64,11 +63,11 @@ def restore_or_init(exp: Experiment, ckpt: Checkpointer) -> TrainState:
 
 
 def _write_run_files(exp: Experiment, workdir: str) -> None:
-  """`config.json` and `dataset_info.json`: what `experiment.load(workdir)` reads back."""
+  """`config.json` and `dataset_info.json`: what `trained.load(workdir)` reads back."""
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(exp.config.to_json_best_effort(indent=2))
-    experiment.write_dataset_info(exp.info, workdir)
+    trained.write_dataset_info(exp.info, workdir)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
@@ -90,12 +89,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   _write_run_files(exp, workdir)
   scorer = quality.Scorer(config, exp.info, exp.mesh) if qc.quality_every_steps else None
   step_fn = make_train_step(exp, state)
-  preview = experiment.Sampler(exp, config.sampling.preview_samples)
-  K = experiment.num_classes(exp)
-  # The preview grid: preview_samples images, or for a conditional model a row of `columns` per class.
-  n_preview = config.sampling.preview_samples
-  rows, columns = (1, n_preview) if K is None else (K, max(1, n_preview // K))
-  grid_order = np.arange(rows * columns).reshape(columns, rows).T.ravel()  # labels i % K -> row-major by class
+  preview = sampler.Sampler(exp, config.sampling.preview_samples)
   batches = data.iterate(data.train_batches(config), step // k, num_workers=config.data.num_workers)
   writer = MetricWriter(workdir)
   preemption = _Preemption() if jax.process_count() == 1 else None
@@ -150,8 +144,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
       grid = step % tc.sample_every_steps == 0 or last
       score = scorer is not None and (step % qc.quality_every_steps == 0 or last)
       if grid or score:  # one draw serves both; every process takes part
-        n = max(rows * columns if grid else 0, qc.quality_samples if score else 0)
-        labels = None if K is None else np.arange(n) % K  # every class in turn
+        n = max(config.sampling.preview_samples if grid else 0, qc.quality_samples if score else 0)
+        labels = None  # the quality figures need every class; a preview alone draws sampling.labels
+        if exp.labels is not None:
+          labels = exp.labels.every_class(n) if score else exp.labels.labels(n)
         samples = preview(state.ema_params, n, jax.random.fold_in(jax.random.key(config.seed + 1), step),
                           f"{'preview' if grid else 'quality'} samples at step {step}", labels)
         title = f"step {step}"
@@ -163,8 +159,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
           title = f"step {step}: {scorer.report(figures, short=True)}"
         if grid and jax.process_index() == 0:
           path = os.path.join(workdir, "samples", f"step_{step:08d}.png")
-          shown = samples[:rows * columns] if K is None else samples[grid_order]  # conditional: a row per class
-          images.save_samples(shown, path, exp.info, config.data.dataset, None if K is None else columns, title)
+          n = config.sampling.preview_samples
+          images.save_samples(samples[:n], path, exp.info, config.data.dataset,
+                              labels=None if labels is None else labels[:n], title=title)
           logging.info("Wrote %s", path)
         last_time = time.time()  # the preview's time is not training time
       if stop:

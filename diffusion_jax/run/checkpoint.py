@@ -15,7 +15,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from diffusion_jax import logs
+from diffusion_jax.run import logs
 
 # Orbax warns that a read-only manager's directory is read only: our own choice (sample/eval), not a fault.
 logs.silence(r"Given directory is read only")

@@ -18,10 +18,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from diffusion_jax import compiler, data, experiment, images, losses, parallel, sampling
-from diffusion_jax.experiment import Experiment
-from diffusion_jax.logs import Progress
-from diffusion_jax.metrics import quality
+from diffusion_jax import losses, sampling
+from diffusion_jax.run import compiler, data, experiment, images, parallel, quality, sampler, transfer
+from diffusion_jax.run.experiment import Experiment
+from diffusion_jax.run.logs import Progress
 
 
 def _restore(config: ml_collections.ConfigDict, workdir: str, info: data.DatasetInfo | None = None
@@ -37,7 +37,7 @@ def _restore(config: ml_collections.ConfigDict, workdir: str, info: data.Dataset
   exp = experiment.build(config, workdir, info)
   if config.pretrained is not None:
     os.makedirs(workdir, exist_ok=True)  # for what the mode writes
-    return exp, experiment.load_pretrained(exp), None
+    return exp, transfer.load_pretrained(exp), None
   state, step = experiment.restore_latest(exp, workdir)
   return exp, experiment.sampling_params(state, config), step
 
@@ -47,7 +47,7 @@ def _tag(step: int | None) -> str:
   return "pretrained" if step is None else f"{step:08d}"
 
 
-def _source(config: ml_collections.ConfigDict, step: int | None) -> str:
+def split_records(config: ml_collections.ConfigDict, step: int | None) -> str:
   """Where the parameters come from, for log lines."""
   if step is None:
     return f"the pretrained {config.pretrained}"
@@ -61,25 +61,24 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
   Returns:
     Path of the `.npz` (uint8 images or float32 points under `samples`).
   """
-  info = experiment.pretrained_info(config) if config.pretrained is not None else None
+  info = transfer.pretrained_info(config) if config.pretrained is not None else None
   exp, params, step = _restore(config, workdir, info)
   sc = config.sampling
-  logging.info("Sampling %d from %s with %s; compiling the sampler...", sc.num_samples, _source(config, step),
-               experiment.describe_sampler(config))
-  labels, columns = None, None
-  if experiment.num_classes(exp) is not None:
-    labels, columns = experiment.sample_labels(exp, sc.num_samples)
-    logging.info("Labels %s, guidance scale %g: a row of %d samples per label.", sc.labels, sc.guidance_scale,
-                 columns)
-  n = sc.num_samples if labels is None else len(labels)
-  samples = experiment.Sampler(exp, sc.batch_size)(params, n, jax.random.key(sc.seed), labels=labels)
+  logging.info("Sampling %d from %s with %s; compiling the sampler...", sc.num_samples, split_records(config, step),
+               sampler.describe_sampler(config))
+  labels = None
+  if exp.labels is not None:
+    labels = exp.labels.labels(sc.num_samples)
+    logging.info("Labels %s in turn, guidance scale %g: a block of rows per label in the grid.", sc.labels,
+                 sc.guidance_scale)
+  samples = sampler.Sampler(exp, sc.batch_size)(params, sc.num_samples, jax.random.key(sc.seed), labels=labels)
   stem = os.path.join(workdir, f"samples_{_tag(step)}")
   if jax.process_index() == 0:
     stored = data.to_uint8(samples) if exp.info.is_image else samples.astype(np.float32)
     np.savez_compressed(stem + ".npz", samples=stored, **({} if labels is None else {"labels": labels}))
-    shown = samples[:256] if labels is None else samples  # every row of a conditional grid
-    images.save_samples(shown, stem + ".png", exp.info, config.data.dataset, columns)
-    logging.info("Wrote %d samples to %s.npz and a grid to %s.png", len(samples), stem, stem)
+    shown = images.save_samples(samples, stem + ".png", exp.info, config.data.dataset, labels=labels)
+    logging.info("Wrote %d samples to %s.npz and a grid of %s to %s.png", len(samples), stem,
+                 "all" if shown == len(samples) else f"the first {shown}", stem)
   return stem + ".npz"
 
 
@@ -95,12 +94,12 @@ def export(config: ml_collections.ConfigDict, workdir: str, directory: str | Non
   Returns:
     The directory.
   """
-  info = experiment.pretrained_info(config) if config.pretrained is not None else None
+  info = transfer.pretrained_info(config) if config.pretrained is not None else None
   exp, params, step = _restore(config, workdir, info)
   directory = directory or os.path.join(workdir, "diffusers")
   if jax.process_index() == 0:
-    experiment.export_pretrained(exp, params, directory)
-    logging.info("Exported %s to %s (diffusers UNet2DModel + DDPMScheduler).", _source(config, step), directory)
+    transfer.export_pretrained(exp, params, directory)
+    logging.info("Exported %s to %s (diffusers UNet2DModel + DDPMScheduler).", split_records(config, step), directory)
   return directory
 
 
@@ -140,21 +139,21 @@ def evaluate_quality(exp: Experiment, params: Any, step: int | None, workdir: st
   K = experiment.num_classes(exp)
   scales = [config.sampling.guidance_scale] if K is None or config.eval.guidance_scales is None else [
       float(w) for w in config.eval.guidance_scales]
-  labels = None if K is None else np.arange(scorer.num_samples) % K
+  labels = None if K is None else exp.labels.every_class(scorer.num_samples)
   by_scale = {}
   for w in scales:
-    draw = experiment.Sampler(exp, config.sampling.batch_size, w)
+    draw = sampler.Sampler(exp, config.sampling.batch_size, w)
     samples = draw(params, scorer.num_samples, jax.random.key(config.sampling.seed),
                    "quality samples" + ("" if K is None else f" (w = {w:g})"), labels)
     by_scale[w] = scorer.score(samples, labels=labels)
-    logging.info("Quality of %s (%d samples, %s%s): %s", _source(config, step), scorer.num_samples,
-                 experiment.describe_sampler(config),
+    logging.info("Quality of %s (%d samples, %s%s): %s", split_records(config, step), scorer.num_samples,
+                 sampler.describe_sampler(config),
                  "" if K is None else f", guidance scale {w:g}", scorer.report(by_scale[w]))
   figures = by_scale[scales[0]] if len(scales) == 1 else by_scale
   if jax.process_index() == 0:
     path = os.path.join(workdir, f"quality_{_tag(step)}.json")
     scorer.write(path, figures, step=step, pretrained=config.pretrained, sampler=config.sampling.sampler,
-                 sampling_steps=experiment.sampling_steps(config), spacing=config.sampling.spacing,
+                 sampling_steps=sampler.sampling_steps(config), spacing=config.sampling.spacing,
                  order=config.sampling.order if config.sampling.sampler in sampling.SOLVERS else None,
                  use_ema=config.sampling.use_ema,
                  guidance_scales=None if K is None else scales)
@@ -228,5 +227,5 @@ def evaluate_bpd(exp: Experiment, params: Any, step: int | None, workdir: str) -
     with open(path, "w") as f:
       json.dump(result, f, indent=2)
     logging.info("bits/dim on %s (%d examples, %s, %.0f s): %.4f; wrote %s", ec.split, int(count),
-                 _source(config, step), time.time() - start, result["bpd"], path)
+                 split_records(config, step), time.time() - start, result["bpd"], path)
   return result

@@ -39,6 +39,8 @@ def fmt_duration(seconds: float) -> str:
 class Progress:
   """`label: 300/1000 steps (30%), 0:00:12 elapsed, ETA 0:00:28`, at most one line every `interval_s`.
 
+  The ETA is the rate since the stretch's first report, so a compilation before it is not counted as work.
+
   Long-lived, so that a compiled program can call it (`jax.debug.callback`):
   `start` points it at a new stretch of work; calling it with the steps a
   compiled loop has done reports `offset` plus those, where `offset` is what
@@ -51,24 +53,28 @@ class Progress:
     self._lock = threading.Lock()
     self._label, self._unit, self._total = "", "steps", 1
     self._start = self._last = time.time()
+    self._anchor: tuple[float, int] | None = None
 
   def start(self, label: str, total: int, unit: str = "steps") -> None:
     """Begins a stretch of `total` units of work."""
     with self._lock:
       self._label, self._unit, self._total, self.offset = label, unit, max(int(total), 1), 0
       self._start = self._last = time.time()
+      self._anchor = None
 
   def update(self, done: int) -> None:
     """Reports `done` of the stretch's units, if `interval_s` has passed since the last line (or at the end)."""
     with self._lock:
       now = time.time()
+      if self._anchor is None:  # the first report comes after the compilation, which the rate leaves out
+        self._anchor = (now, done)
       if now - self._last < self.interval_s and done < self._total:
         return
       self._last = now
-      elapsed = now - self._start
-      eta = elapsed / max(done, 1) * (self._total - done)
+      t0, done0 = self._anchor
+      eta = fmt_duration((now - t0) / (done - done0) * (self._total - done)) if done > done0 else "--"
       logging.info("%s: %d/%d %s (%d%%), %s elapsed, ETA %s", self._label, done, self._total, self._unit,
-                   100 * done // self._total, fmt_duration(elapsed), fmt_duration(eta))
+                   100 * done // self._total, fmt_duration(now - self._start), eta)
 
   def __call__(self, done: Any) -> None:
     """The host callback of a compiled loop: `done` of its steps are finished."""
