@@ -24,7 +24,7 @@ import jax.numpy as jnp
 
 sys.path.insert(0, os.path.dirname(__file__))
 import common  # noqa: E402
-from diffusion_jax import diffusion, sampling, schedules  # noqa: E402
+from diffusion_jax import diffusion, sampling, schedules, solvers  # noqa: E402
 from diffusion_jax.models.mlp import MLPDenoiser  # noqa: E402
 from diffusion_jax.models.unet import UNet  # noqa: E402
 
@@ -53,8 +53,11 @@ def bench(name: str, full: bool) -> list[dict]:
   rows = []
   for T in (100, 1000):
     sched = schedules.make_schedule(schedules.get_beta_schedule("linear", num_diffusion_steps=T))
-    run = common.jit(lambda p, s, k: sampling.sample(lambda x, t: model.apply({"params": p}, x, t), s, shape, k,
-                                                     model_var_type="fixed_large", clip_denoised=clip))
+    run = common.jit(
+        lambda p, s,
+        k: sampling.ancestral_sample(
+            s, model_fn=lambda x, t: model.apply({"params": p}, x, t), shape=shape, key=k, model_var_type="fixed_large",
+            clip_denoised=clip))
     compiled, compile_s, _ = common.compile_seconds_and_flops(run, params, sched, jax.random.key(2))
     extrapolated = name == "unet_cpu" and T == 1000 and not full
     if extrapolated:
@@ -69,8 +72,9 @@ def bench(name: str, full: bool) -> list[dict]:
     @common.jit
     def step(p, s, x, t, key):
       tb = jnp.full((shape[0],), t, jnp.int32)
-      out = diffusion.p_mean_variance(s, model.apply({"params": p}, x, tb), x, tb, model_var_type="fixed_large",
-                                      clip_denoised=clip)
+      out = diffusion.p_mean_variance(
+          s, model_output=model.apply({"params": p}, x, tb), x_t=x, t=tb, model_var_type="fixed_large",
+          clip_denoised=clip)
       return out.mean + jnp.where(t > 0, jnp.exp(0.5 * out.log_variance), 0.0) * jax.random.normal(key, shape)
 
     def loop():
@@ -105,13 +109,13 @@ def bench_solvers(name: str, steps: list[int]) -> list[dict]:
   rows = []
   for sampler, order in [("ddim", None), ("dpm_solver++", 2), ("dpm_solver++", 3), ("unipc", 2), ("unipc", 3)]:
     for n in steps:
-      ts = schedules.sampling_timesteps(betas, n, "logsnr")
+      ts = schedules.sampling_timesteps(betas, num_steps=n, spacing="logsnr")
       if sampler == "ddim":
-        run = common.jit(lambda p, s, k: sampling.ddim_sample(net(p), s, shape, k, timesteps=ts))
+        run = common.jit(lambda p, s, k: sampling.ddim_sample(s, model_fn=net(p), shape=shape, key=k, timesteps=ts))
         args = (params, sched, jax.random.key(2))
       else:
-        run = common.jit(lambda p, tab, k: sampling.solver_sample(net(p), tab, shape, k))
-        args = (params, sampling.solver_table(betas, ts, solver=sampler, order=order), jax.random.key(2))
+        run = common.jit(lambda p, tab, k: solvers.solver_sample(tab, model_fn=net(p), shape=shape, key=k))
+        args = (params, solvers.solver_table(betas, timesteps=ts, solver=sampler, order=order), jax.random.key(2))
       compiled, compile_s, _ = common.compile_seconds_and_flops(run, *args)
       run_s = common.time_call(lambda: compiled(*args), repeats=3, min_seconds=0.0)
       row = {"model": name, "batch_shape": "x".join(map(str, shape)), "sampler": sampler,

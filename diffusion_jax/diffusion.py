@@ -63,13 +63,13 @@ def _check_same_shape(**arrays: jax.Array) -> None:
     raise ValueError(f"Shapes must match, got {shapes}.")
 
 
-def q_step(schedule: DiffusionSchedule, x_prev: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
+def q_step(schedule: DiffusionSchedule, *, x_prev: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
   """x_t ~ q(x_t | x_{t-1}) = N(sqrt(1 - beta_t) x_{t-1}, beta_t I).
 
   Args:
     schedule: the process.
     x_prev: x_{t-1} (x_0 when `t = 0`), shape `(batch, ...)`.
-    t: step index in `[0, T)`.
+    t: timestep index in `[0, T)` (0 is the paper's t = 1).
     noise: standard normal noise, shape of `x_prev`.
 
   Returns:
@@ -81,14 +81,14 @@ def q_step(schedule: DiffusionSchedule, x_prev: jax.Array, t: jax.Array, noise: 
 
 
 def q_mean_variance(
-    schedule: DiffusionSchedule, x_start: jax.Array, t: jax.Array
+    schedule: DiffusionSchedule, *, x_start: jax.Array, t: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I).
 
   Args:
     schedule: the process.
     x_start: x_0, shape `(batch, ...)`.
-    t: step index in `[0, T)`.
+    t: timestep index in `[0, T)` (0 is the paper's t = 1).
 
   Returns:
     (mean, variance, log_variance); the mean has the shape of `x_start`, the
@@ -101,13 +101,13 @@ def q_mean_variance(
   return mean, variance, log_variance
 
 
-def q_sample(schedule: DiffusionSchedule, x_start: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
+def q_sample(schedule: DiffusionSchedule, *, x_start: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
   """x_t = sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, a draw from q(x_t | x_0).
 
   Args:
     schedule: the process.
     x_start: x_0, shape `(batch, ...)`.
-    t: step index in `[0, T)`.
+    t: timestep index in `[0, T)` (0 is the paper's t = 1).
     noise: eps ~ N(0, I), shape of `x_start`.
 
   Returns:
@@ -119,7 +119,7 @@ def q_sample(schedule: DiffusionSchedule, x_start: jax.Array, t: jax.Array, nois
 
 
 def q_posterior_mean_variance(
-    schedule: DiffusionSchedule, x_start: jax.Array, x_t: jax.Array, t: jax.Array
+    schedule: DiffusionSchedule, *, x_start: jax.Array, x_t: jax.Array, t: jax.Array
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
   """q(x_{t-1} | x_t, x_0) = N(c1_t x_0 + c2_t x_t, beta-tilde_t I).
 
@@ -127,7 +127,7 @@ def q_posterior_mean_variance(
     schedule: the process.
     x_start: x_0, shape `(batch, ...)`.
     x_t: shape of `x_start`.
-    t: step index in `[0, T)`.
+    t: timestep index in `[0, T)` (0 is the paper's t = 1).
 
   Returns:
     (mean, variance, log_variance_clipped): the log-variance at `t = 0`, where
@@ -141,13 +141,13 @@ def q_posterior_mean_variance(
   return mean, variance, log_variance
 
 
-def predict_xstart_from_eps(schedule: DiffusionSchedule, x_t: jax.Array, t: jax.Array, eps: jax.Array) -> jax.Array:
+def predict_xstart_from_eps(schedule: DiffusionSchedule, *, x_t: jax.Array, t: jax.Array, eps: jax.Array) -> jax.Array:
   """x_0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t).
 
   Args:
     schedule: the process.
     x_t: shape `(batch, ...)`.
-    t: step index in `[0, T)`.
+    t: timestep index in `[0, T)` (0 is the paper's t = 1).
     eps: predicted noise, shape of `x_t`.
 
   Returns:
@@ -159,14 +159,14 @@ def predict_xstart_from_eps(schedule: DiffusionSchedule, x_t: jax.Array, t: jax.
 
 
 def predict_eps_from_xstart(
-    schedule: DiffusionSchedule, x_t: jax.Array, t: jax.Array, pred_xstart: jax.Array
+    schedule: DiffusionSchedule, *, x_t: jax.Array, t: jax.Array, pred_xstart: jax.Array
 ) -> jax.Array:
   """eps = (x_t / sqrt(alpha_bar_t) - x_0) / sqrt(1 / alpha_bar_t - 1).
 
   Args:
     schedule: the process.
     x_t: shape `(batch, ...)`.
-    t: step index in `[0, T)`.
+    t: timestep index in `[0, T)` (0 is the paper's t = 1).
     pred_xstart: predicted x_0, shape of `x_t`.
 
   Returns:
@@ -177,13 +177,13 @@ def predict_eps_from_xstart(
           / extract(schedule.sqrt_recipm1_alphas_cumprod, t, x_t))
 
 
-def predict_v(schedule: DiffusionSchedule, x_start: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
-  """v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0 (Salimans & Ho 2022).
+def v_target(schedule: DiffusionSchedule, *, x_start: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:
+  """v = sqrt(alpha_bar_t) eps - sqrt(1 - alpha_bar_t) x_0: the target of a v-prediction network (Salimans & Ho 2022).
 
   Args:
     schedule: the process.
     x_start: x_0, shape `(batch, ...)`.
-    t: step index in `[0, T)`.
+    t: timestep index in `[0, T)` (0 is the paper's t = 1).
     noise: eps, shape of `x_start`.
 
   Returns:
@@ -194,13 +194,13 @@ def predict_v(schedule: DiffusionSchedule, x_start: jax.Array, t: jax.Array, noi
           - extract(schedule.sqrt_one_minus_alphas_cumprod, t, x_start) * x_start)
 
 
-def predict_xstart_from_v(schedule: DiffusionSchedule, x_t: jax.Array, t: jax.Array, v: jax.Array) -> jax.Array:
+def predict_xstart_from_v(schedule: DiffusionSchedule, *, x_t: jax.Array, t: jax.Array, v: jax.Array) -> jax.Array:
   """x_0 = sqrt(alpha_bar_t) x_t - sqrt(1 - alpha_bar_t) v.
 
   Args:
     schedule: the process.
     x_t: shape `(batch, ...)`.
-    t: step index in `[0, T)`.
+    t: timestep index in `[0, T)` (0 is the paper's t = 1).
     v: predicted v, shape of `x_t`.
 
   Returns:
@@ -211,13 +211,13 @@ def predict_xstart_from_v(schedule: DiffusionSchedule, x_t: jax.Array, t: jax.Ar
           - extract(schedule.sqrt_one_minus_alphas_cumprod, t, x_t) * v)
 
 
-def score_from_eps(schedule: DiffusionSchedule, eps: jax.Array, t: jax.Array) -> jax.Array:
+def score_from_eps(schedule: DiffusionSchedule, *, eps: jax.Array, t: jax.Array) -> jax.Array:
   """grad_x log q(x_t) = -eps / sqrt(1 - alpha_bar_t).
 
   Args:
     schedule: the process.
     eps: predicted noise, shape `(batch, ...)`.
-    t: step index in `[0, T)`.
+    t: timestep index in `[0, T)` (0 is the paper's t = 1).
 
   Returns:
     The score, shape of `eps`.
@@ -225,13 +225,13 @@ def score_from_eps(schedule: DiffusionSchedule, eps: jax.Array, t: jax.Array) ->
   return -eps / extract(schedule.sqrt_one_minus_alphas_cumprod, t, eps)
 
 
-def eps_from_score(schedule: DiffusionSchedule, score: jax.Array, t: jax.Array) -> jax.Array:
+def eps_from_score(schedule: DiffusionSchedule, *, score: jax.Array, t: jax.Array) -> jax.Array:
   """eps = -sqrt(1 - alpha_bar_t) * score.
 
   Args:
     schedule: the process.
     score: grad_x log q(x_t), shape `(batch, ...)`.
-    t: step index in `[0, T)`.
+    t: timestep index in `[0, T)` (0 is the paper's t = 1).
 
   Returns:
     The noise prediction, shape of `score`.
@@ -259,10 +259,10 @@ def split_learned_variance(model_output: jax.Array, x_t: jax.Array) -> tuple[jax
 
 def predict_xstart(
     schedule: DiffusionSchedule,
+    *,
     model_output: jax.Array,
     x_t: jax.Array,
     t: jax.Array,
-    *,
     model_mean_type: str = "eps",
     clip_denoised: bool = True,
 ) -> jax.Array:
@@ -272,7 +272,7 @@ def predict_xstart(
     schedule: the process.
     model_output: the network's mean output, shape of `x_t`.
     x_t: shape `(batch, ...)`.
-    t: step index in `[0, T)`.
+    t: timestep index in `[0, T)` (0 is the paper's t = 1).
     model_mean_type: `eps`, `xstart` or `v`.
     clip_denoised: clip the prediction to [-1, 1].
 
@@ -282,28 +282,28 @@ def predict_xstart(
   if model_mean_type not in MODEL_MEAN_TYPES:
     raise ValueError(f"Unknown model_mean_type {model_mean_type!r}; allowed: {', '.join(MODEL_MEAN_TYPES)}.")
   if model_mean_type == "eps":
-    pred_xstart = predict_xstart_from_eps(schedule, x_t, t, model_output)
+    pred_xstart = predict_xstart_from_eps(schedule, x_t=x_t, t=t, eps=model_output)
   elif model_mean_type == "xstart":
     pred_xstart = model_output
   else:  # v
-    pred_xstart = predict_xstart_from_v(schedule, x_t, t, model_output)
+    pred_xstart = predict_xstart_from_v(schedule, x_t=x_t, t=t, v=model_output)
   return jnp.clip(pred_xstart, -1.0, 1.0) if clip_denoised else pred_xstart
 
 
 def p_mean_variance(
     schedule: DiffusionSchedule,
+    *,
     model_output: jax.Array,
     x_t: jax.Array,
     t: jax.Array,
-    *,
     model_mean_type: str = "eps",
-    model_var_type: str = "fixed_small",
+    model_var_type: str = "fixed_large",
     clip_denoised: bool = True,
 ) -> PMeanVariance:
   """p(x_{t-1} | x_t) = q(x_{t-1} | x_t, x_0 = pred_xstart), with sigma_t^2 from `model_var_type`.
 
   The mean is always the posterior mean at the predicted x_0; for `eps` models
-  without clipping this equals Algorithm 1's
+  without clipping this equals Algorithm 2's
   1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alpha_bar_t) eps).
 
   Args:
@@ -311,7 +311,7 @@ def p_mean_variance(
     model_output: network output at (x_t, t): shape of `x_t`, or twice its
       channels for `learned_range` (mean output, then variance values in [-1, 1]).
     x_t: shape `(batch, ...)`.
-    t: step index in `[0, T)`.
+    t: timestep index in `[0, T)` (0 is the paper's t = 1).
     model_mean_type: what the network predicts: `eps`, `xstart` or `v`.
     model_var_type: `fixed_small` (beta-tilde_t), `fixed_large` (beta_t;
       beta-tilde_1 at t = 0) or `learned_range` (log-variance interpolated
@@ -340,7 +340,7 @@ def p_mean_variance(
     variance = jnp.broadcast_to(variance, x_t.shape)
     log_variance = jnp.broadcast_to(log_variance, x_t.shape)
 
-  pred_xstart = predict_xstart(schedule, model_output, x_t, t, model_mean_type=model_mean_type,
-                               clip_denoised=clip_denoised)
-  mean, _, _ = q_posterior_mean_variance(schedule, pred_xstart, x_t, t)
+  pred_xstart = predict_xstart(
+      schedule, model_output=model_output, x_t=x_t, t=t, model_mean_type=model_mean_type, clip_denoised=clip_denoised)
+  mean, _, _ = q_posterior_mean_variance(schedule, x_start=pred_xstart, x_t=x_t, t=t)
   return PMeanVariance(mean, variance, log_variance, pred_xstart)

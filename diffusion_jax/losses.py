@@ -73,6 +73,7 @@ def discretized_gaussian_log_likelihood(x: jax.Array, *, means: jax.Array, log_s
 def mse_loss(
     prediction: jax.Array,
     target: jax.Array,
+    *,
     t: jax.Array | None = None,
     timestep_weights: jax.Array | None = None,
 ) -> jax.Array:
@@ -97,7 +98,7 @@ def mse_loss(
   return loss * timestep_weights[t]
 
 
-def prior_bpd(schedule: DiffusionSchedule, x_start: jax.Array) -> jax.Array:
+def prior_bpd(schedule: DiffusionSchedule, *, x_start: jax.Array) -> jax.Array:
   """L_T = KL(q(x_T | x_0) || N(0, I)) in bits per dimension.
 
   Args:
@@ -107,18 +108,18 @@ def prior_bpd(schedule: DiffusionSchedule, x_start: jax.Array) -> jax.Array:
   Returns:
     Shape `(batch,)`.
   """
-  t = jnp.full((x_start.shape[0],), schedule.num_steps - 1, dtype=jnp.int32)
-  mean, _, log_variance = diffusion.q_mean_variance(schedule, x_start, t)
+  t = jnp.full((x_start.shape[0],), schedule.num_diffusion_steps - 1, dtype=jnp.int32)
+  mean, _, log_variance = diffusion.q_mean_variance(schedule, x_start=x_start, t=t)
   return mean_flat(normal_kl(mean, log_variance, 0.0, 0.0)) / math.log(2.0)
 
 
 def vlb_term_bpd(
     schedule: DiffusionSchedule,
+    *,
     model_output: jax.Array,
     x_start: jax.Array,
     x_t: jax.Array,
     t: jax.Array,
-    *,
     model_mean_type: str = "eps",
     model_var_type: str = "fixed_large",
     clip_denoised: bool = False,
@@ -136,10 +137,10 @@ def vlb_term_bpd(
   Returns:
     (term, pred_xstart): the term has shape `(batch,)`.
   """
-  true_mean, _, true_log_variance = diffusion.q_posterior_mean_variance(schedule, x_start, x_t, t)
+  true_mean, _, true_log_variance = diffusion.q_posterior_mean_variance(schedule, x_start=x_start, x_t=x_t, t=t)
   out = diffusion.p_mean_variance(
-      schedule, model_output, x_t, t, model_mean_type=model_mean_type,
-      model_var_type=model_var_type, clip_denoised=clip_denoised)
+      schedule, model_output=model_output, x_t=x_t, t=t, model_mean_type=model_mean_type, model_var_type=model_var_type,
+      clip_denoised=clip_denoised)
   kl = mean_flat(normal_kl(true_mean, true_log_variance, out.mean, out.log_variance))
   decoder_nll = -mean_flat(discretized_gaussian_log_likelihood(
       x_start, means=out.mean, log_scales=0.5 * out.log_variance))
@@ -147,12 +148,12 @@ def vlb_term_bpd(
 
 
 def training_losses(
-    model_fn: ModelFn,
     schedule: DiffusionSchedule,
+    *,
+    model_fn: ModelFn,
     x_start: jax.Array,
     t: jax.Array,
     noise: jax.Array,
-    *,
     model_mean_type: str = "eps",
     model_var_type: str = "fixed_large",
     timestep_weights: jax.Array | None = None,
@@ -167,7 +168,7 @@ def training_losses(
     model_fn: `model_fn(x_t, t) -> output`, `t` of shape `(batch,)`.
     schedule: the process.
     x_start: x_0 in [-1, 1], shape `(batch, ...)`.
-    t: int array of shape `(batch,)` in `[0, T)`.
+    t: int timestep indices of shape `(batch,)` in `[0, T)` (0 is the paper's t = 1).
     noise: eps ~ N(0, I), shape of `x_start`.
     model_mean_type, model_var_type: as in `p_mean_variance`.
     timestep_weights: optional per-timestep weights of the MSE, shape `(T,)`.
@@ -177,24 +178,24 @@ def training_losses(
     for `learned_range`.
   """
   diffusion.check_model_types(model_mean_type, model_var_type)
-  x_t = diffusion.q_sample(schedule, x_start, t, noise)
+  x_t = diffusion.q_sample(schedule, x_start=x_start, t=t, noise=noise)
   model_output = model_fn(x_t, schedule.timesteps[t]).astype(jnp.float32)
   if model_mean_type == "eps":
     target = noise
   elif model_mean_type == "xstart":
     target = x_start
   else:
-    target = diffusion.predict_v(schedule, x_start, t, noise)
+    target = diffusion.v_target(schedule, x_start=x_start, t=t, noise=noise)
   terms = {}
   if model_var_type == "learned_range":
     mean_output, var_values = diffusion.split_learned_variance(model_output, x_t)
     frozen = jnp.concatenate([jax.lax.stop_gradient(mean_output), var_values], axis=-1)
     vlb, _ = vlb_term_bpd(
-        schedule, frozen, x_start, x_t, t, model_mean_type=model_mean_type,
+        schedule, model_output=frozen, x_start=x_start, x_t=x_t, t=t, model_mean_type=model_mean_type,
         model_var_type=model_var_type, clip_denoised=False)
-    terms["vlb"] = vlb * (schedule.num_steps / 1000.0)
+    terms["vlb"] = vlb * (schedule.num_diffusion_steps / 1000.0)
     model_output = mean_output
-  terms["mse"] = mse_loss(model_output, target, t, timestep_weights)
+  terms["mse"] = mse_loss(model_output, target, t=t, timestep_weights=timestep_weights)
   terms["loss"] = terms["mse"] + terms.get("vlb", 0.0)
   return terms
 
@@ -209,11 +210,11 @@ class VariationalBound(NamedTuple):
 
 
 def variational_bound(
-    model_fn: ModelFn,
     schedule: DiffusionSchedule,
+    *,
+    model_fn: ModelFn,
     x_start: jax.Array,
     key: jax.Array,
-    *,
     model_mean_type: str = "eps",
     model_var_type: str = "fixed_large",
     clip_denoised: bool = False,
@@ -240,7 +241,7 @@ def variational_bound(
     `VariationalBound`.
   """
   diffusion.check_model_types(model_mean_type, model_var_type)
-  T = schedule.num_steps
+  T = schedule.num_diffusion_steps
   if timesteps_per_call < 1 or T % timesteps_per_call:
     raise ValueError(f"timesteps_per_call must divide T = {T}, got {timesteps_per_call}.")
   batch = x_start.shape[0]
@@ -248,10 +249,10 @@ def variational_bound(
   def term(t: jax.Array) -> tuple[jax.Array, jax.Array]:
     noise = jax.random.normal(jax.random.fold_in(key, t), x_start.shape, x_start.dtype)
     tb = jnp.full((batch,), t, dtype=jnp.int32)
-    x_t = diffusion.q_sample(schedule, x_start, tb, noise)
+    x_t = diffusion.q_sample(schedule, x_start=x_start, t=tb, noise=noise)
     model_output = model_fn(x_t, schedule.timesteps[tb]).astype(jnp.float32)
     bpd, pred_xstart = vlb_term_bpd(
-        schedule, model_output, x_start, x_t, tb, model_mean_type=model_mean_type,
+        schedule, model_output=model_output, x_start=x_start, x_t=x_t, t=tb, model_mean_type=model_mean_type,
         model_var_type=model_var_type, clip_denoised=clip_denoised)
     return bpd, mean_flat(jnp.square(pred_xstart - x_start))
 
@@ -264,5 +265,5 @@ def variational_bound(
   _, (terms, mse) = jax.lax.scan(body, None, ts)
   terms = terms.reshape(T, batch).T
   mse = mse.reshape(T, batch).T
-  prior = prior_bpd(schedule, x_start)
+  prior = prior_bpd(schedule, x_start=x_start)
   return VariationalBound(prior + terms.sum(axis=1), prior, terms, mse)

@@ -1,13 +1,14 @@
-"""Ancestral (DDPM) and DDIM samplers, each one `jax.lax.scan` over the reversed steps.
+"""Ancestral (DDPM, Algorithm 2 of Ho et al.) and DDIM samplers, each one `jax.lax.scan` over the reversed steps.
 
 The step body is traced once, so compile time does not grow with T, and the
-whole chain is one device program: no per-step dispatch. Both samplers are
-traceable: `jax.jit` them with the parameters as an argument, e.g.
+whole chain is one device program: no per-step dispatch. Every sampler takes
+its schedule (or solver table) as the one positional argument and the rest by
+keyword, and is traceable: `jax.jit` it with the parameters as an argument, e.g.
 
     @jax.jit
     def draw(params, key):
       model_fn = lambda x, t: model.apply({"params": params}, x, t)
-      return sample(model_fn, schedule, (64, 32, 32, 3), key)
+      return ancestral_sample(schedule, model_fn=model_fn, shape=(64, 32, 32, 3), key=key)
 
 Steps are indices `t` in `[0, T)` of the schedule (`t = 0` is the paper's
 `t = 1`); the network is called with `schedule.timesteps[t]`, which differs
@@ -21,15 +22,14 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
-import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from diffusion_jax import diffusion, schedules
+from diffusion_jax import diffusion
 from diffusion_jax.checks import ProgressFn, is_int, report_progress
 from diffusion_jax.diffusion import ModelFn
-from diffusion_jax.schedules import DiffusionSchedule, space_timesteps
+from diffusion_jax.schedules import DiffusionSchedule, check_timesteps
 
 # (x_t, carried extra, step inputs, noise key) -> (x_prev, extra, pred_xstart)
 StepFn = Callable[[jax.Array, Any, Any, jax.Array], tuple[jax.Array, Any, jax.Array]]
@@ -94,7 +94,8 @@ def classifier_free_guidance(model_fn: LabelledModelFn, labels: jax.Array, null_
   return guided
 
 
-def _check_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+def check_sample_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+  """`shape` as a tuple; `ValueError` unless it is `(batch, ...)` of positive integers."""
   shape = tuple(shape)
   if len(shape) < 2 or any(not is_int(d) or d < 1 for d in shape):
     raise ValueError(f"shape must be (batch, ...) of positive integers, got {shape}.")
@@ -116,7 +117,7 @@ def _initial_state(shape: tuple[int, ...], key: jax.Array, x_T: jax.Array | None
   return _constrain(x_T, sharding), noise_key
 
 
-def _run_chain(
+def run_chain(
     step_fn: StepFn,
     timesteps: jax.Array,
     step_inputs: Any,
@@ -134,7 +135,7 @@ def _run_chain(
     step_fn: one step; `extra` is what a multistep solver carries besides x (None for one-step samplers).
     timesteps: `(n,)` int schedule index of each step, first step first (the noise key and the trajectory's).
     step_inputs: pytree of arrays with leading axis n, one slice per step.
-    shape, key, return_every, sharding, progress, x_T: as in `sample`.
+    shape, key, return_every, sharding, progress, x_T: as in `ancestral_sample`.
     extra: the initial `extra`.
   """
   num = timesteps.shape[0]
@@ -168,21 +169,21 @@ def _run_chain(
   return x_0, Trajectory(timesteps[::return_every], xs, preds)
 
 
-def sample(
-    model_fn: ModelFn,
+def ancestral_sample(
     schedule: DiffusionSchedule,
+    *,
+    model_fn: ModelFn,
     shape: tuple[int, ...],
     key: jax.Array,
-    *,
     model_mean_type: str = "eps",
-    model_var_type: str = "fixed_small",
+    model_var_type: str = "fixed_large",
     clip_denoised: bool = True,
     return_every: int | None = None,
     sharding: jax.sharding.Sharding | None = None,
     progress: ProgressFn | None = None,
     x_T: jax.Array | None = None,
 ) -> jax.Array | tuple[jax.Array, Trajectory]:
-  """Algorithm 1: x_T ~ N(0, I); x_{t-1} = mu_theta(x_t, t) + sigma_t z, with no noise at t = 0.
+  """Algorithm 2: x_T ~ N(0, I); x_{t-1} = mu_theta(x_t, t) + sigma_t z, with no noise at t = 0.
 
   With `clip_denoised` this is the stable variant: predict x_0, clip it to
   [-1, 1], take the posterior mean.
@@ -194,7 +195,8 @@ def sample(
     shape: `(batch, ...)` of the samples.
     key: PRNG key.
     model_mean_type, model_var_type, clip_denoised: as in
-      `diffusion.p_mean_variance`.
+      `diffusion.p_mean_variance`; sigma_t^2 = beta_t (`fixed_large`, the
+      default) or beta-tilde_t (`fixed_small`).
     return_every: also return every k-th state and x_0 prediction.
     sharding: optional sharding of the samples (batch axis over devices).
     progress: optional host function, called from inside the scan
@@ -206,62 +208,35 @@ def sample(
     x_0 of shape `shape`, and with `return_every` a `Trajectory` as well.
   """
   diffusion.check_model_types(model_mean_type, model_var_type)
-  shape = _check_shape(shape)
+  shape = check_sample_shape(shape)
 
   def step(x: jax.Array, extra: None, t: jax.Array, key: jax.Array) -> tuple[jax.Array, None, jax.Array]:
     tb = jnp.full((shape[0],), t, dtype=jnp.int32)
     out = diffusion.p_mean_variance(
-        schedule, model_fn(x, schedule.timesteps[tb]).astype(x.dtype), x, tb,
-        model_mean_type=model_mean_type, model_var_type=model_var_type,
-        clip_denoised=clip_denoised)
+        schedule, model_output=model_fn(x, schedule.timesteps[tb]).astype(x.dtype), x_t=x, t=tb,
+        model_mean_type=model_mean_type, model_var_type=model_var_type, clip_denoised=clip_denoised)
     noise = _constrain(jax.random.normal(key, shape, x.dtype), sharding)
     sigma = jnp.where(t > 0, jnp.exp(0.5 * out.log_variance), 0.0)
     return out.mean + sigma * noise, None, out.pred_xstart
 
-  steps = jnp.arange(schedule.num_steps - 1, -1, -1, dtype=jnp.int32)
-  return _run_chain(step, steps, steps, shape, key, return_every, sharding, progress, x_T)
+  steps = jnp.arange(schedule.num_diffusion_steps - 1, -1, -1, dtype=jnp.int32)
+  return run_chain(step, steps, steps, shape, key, return_every, sharding, progress, x_T)
 
 
-def check_timesteps(timesteps: Any, T: int) -> np.ndarray:
-  """Raises `ValueError` unless `timesteps` are strictly decreasing integers in [0, T) (a sampler's steps).
-
-  Returns:
-    The timesteps as an int32 NumPy array of shape `(n,)`.
-  """
-  ts = np.asarray(timesteps)
-  if (ts.ndim != 1 or ts.size == 0 or not np.issubdtype(ts.dtype, np.integer) or ts.min() < 0 or ts.max() >= T
-      or np.any(np.diff(ts) >= 0)):
-    raise ValueError(f"timesteps must be a non-empty strictly decreasing integer sequence in [0, T = {T}) "
-                     f"(first step first), got {timesteps!r}.")
-  return ts.astype(np.int32)
-
-
-def _steps(T: int, num_steps: int | None, timesteps: Any) -> np.ndarray:
-  """The network timesteps of a few-step sampler: given, `num_steps` of `linspace` spacing, or all T."""
-  if timesteps is not None:
-    if num_steps is not None:
-      raise ValueError(f"give num_steps or timesteps, not both (num_steps = {num_steps}).")
-    return check_timesteps(timesteps, T)
-  if num_steps is None:
-    return np.arange(T - 1, -1, -1, dtype=np.int32)
-  return space_timesteps(T, num_steps)[::-1].astype(np.int32)
-
-
-def _mean_output(out: jax.Array, x: jax.Array) -> jax.Array:
+def mean_output(out: jax.Array, x: jax.Array) -> jax.Array:
   """The network's output as x's dtype; `ValueError` unless it has x's shape (a mean output only)."""
   if out.shape != x.shape:
     raise ValueError(f"model_fn returned shape {out.shape} for x_t of shape {x.shape}; this sampler uses the mean "
-                     "output only (for a learned_range model, drop the variance channels or use `sample`).")
+                     "output only (for a learned_range model, drop the variance channels or use `ancestral_sample`).")
   return out.astype(x.dtype)
 
 
 def ddim_sample(
-    model_fn: ModelFn,
     schedule: DiffusionSchedule,
+    *,
+    model_fn: ModelFn,
     shape: tuple[int, ...],
     key: jax.Array,
-    *,
-    num_steps: int | None = None,
     timesteps: Sequence[int] | np.ndarray | None = None,
     eta: float = 0.0,
     model_mean_type: str = "eps",
@@ -284,26 +259,26 @@ def ddim_sample(
     schedule: the process; DDIM needs only its alphas_cumprod.
     shape: `(batch, ...)` of the samples.
     key: PRNG key.
-    num_steps: visit this many steps of `schedule`, `linspace` spacing
-      (`space_timesteps`); all of them when None (and no `timesteps`).
-    timesteps: the steps to visit instead, strictly decreasing (e.g.
-      `schedules.sampling_timesteps(betas, n, "trailing")`).
+    timesteps: the steps to visit, in sampling order (strictly decreasing), e.g.
+      `schedules.sampling_timesteps(betas, num_steps=50, spacing="trailing")`;
+      every step of `schedule` when None.
     eta: noise scale, >= 0.
     model_mean_type: `eps`, `xstart` or `v`.
     clip_denoised: clip the predicted x_0 to [-1, 1].
     return_every: also return every k-th state and x_0 prediction.
     sharding: optional sharding of the samples.
-    progress: as in `sample`.
-    x_T: as in `sample`; with eta = 0 the result is then a function of x_T alone.
+    progress: as in `ancestral_sample`.
+    x_T: as in `ancestral_sample`; with eta = 0 the result is then a function of x_T alone.
 
   Returns:
     x_0 of shape `shape`, and with `return_every` a `Trajectory` as well.
   """
   diffusion.check_model_types(model_mean_type, "fixed_small")
-  shape = _check_shape(shape)
+  shape = check_sample_shape(shape)
   if not eta >= 0:
     raise ValueError(f"eta must be >= 0, got {eta!r}.")
-  visited = _steps(schedule.num_steps, num_steps, timesteps)
+  T = schedule.num_diffusion_steps
+  visited = np.arange(T - 1, -1, -1, dtype=np.int32) if timesteps is None else check_timesteps(timesteps, T)
   nxt = np.append(visited[1:], -1).astype(np.int32)  # each step's successor, -1 after the last
 
   def step(x: jax.Array, extra: None, ts: tuple[jax.Array, jax.Array], key: jax.Array
@@ -311,9 +286,9 @@ def ddim_sample(
     t, s = ts
     tb = jnp.full((shape[0],), t, dtype=jnp.int32)
     pred_xstart = diffusion.predict_xstart(
-        schedule, _mean_output(model_fn(x, schedule.timesteps[tb]), x), x, tb,
+        schedule, model_output=mean_output(model_fn(x, schedule.timesteps[tb]), x), x_t=x, t=tb,
         model_mean_type=model_mean_type, clip_denoised=clip_denoised)
-    eps = diffusion.predict_eps_from_xstart(schedule, x, tb, pred_xstart)
+    eps = diffusion.predict_eps_from_xstart(schedule, x_t=x, t=tb, pred_xstart=pred_xstart)
     abar_t = schedule.alphas_cumprod[t]
     abar_s = jnp.where(s >= 0, schedule.alphas_cumprod[jnp.maximum(s, 0)], 1.0)
     sigma = eta * jnp.sqrt((1.0 - abar_s) / (1.0 - abar_t) * (1.0 - abar_t / abar_s))
@@ -323,6 +298,6 @@ def ddim_sample(
     return x_prev, None, pred_xstart
 
   ts = jnp.asarray(visited)
-  return _run_chain(step, ts, (ts, jnp.asarray(nxt)), shape, key, return_every, sharding, progress, x_T)
+  return run_chain(step, ts, (ts, jnp.asarray(nxt)), shape, key, return_every, sharding, progress, x_T)
 
 

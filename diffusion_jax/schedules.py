@@ -5,6 +5,9 @@ buffer of Ho et al. (2020) from them in float64 and casts the result once, so
 that float32 buffers carry float32 rounding of the exact value and no more.
 
 Timesteps are integer indices `t` in `[0, T)`; `t = 0` is the paper's `t = 1`.
+Every list of timesteps that a function takes or returns is in sampling order:
+strictly decreasing, the first step (the largest t) first, as a sampler visits
+them (`sampling_timesteps`, `respace`, the samplers' `timesteps`, `solver_table`).
 """
 
 from __future__ import annotations
@@ -168,7 +171,7 @@ class DiffusionSchedule:
   timesteps: jnp.ndarray
 
   @property
-  def num_steps(self) -> int:
+  def num_diffusion_steps(self) -> int:
     """T, static under `jax.jit`."""
     return self.betas.shape[0]
 
@@ -207,6 +210,7 @@ def schedule_buffers(betas: np.ndarray) -> dict[str, np.ndarray]:
 
 def make_schedule(
     betas: np.ndarray,
+    *,
     dtype: jnp.dtype = jnp.float32,
     timesteps: np.ndarray | None = None,
 ) -> DiffusionSchedule:
@@ -215,8 +219,9 @@ def make_schedule(
   Args:
     betas: betas of shape `(T,)`, each in (0, 1].
     dtype: floating dtype of the buffers.
-    timesteps: original-process index of each step, shape `(T,)`; defaults
-      to `arange(T)`. Set by `respace`.
+    timesteps: the `DiffusionSchedule.timesteps` buffer: the original-process
+      index of each step, increasing, shape `(T,)`; defaults to `arange(T)`.
+      Set by `respace`.
 
   Returns:
     The schedule.
@@ -233,23 +238,23 @@ def make_schedule(
   )
 
 
-def space_timesteps(num_diffusion_steps: int, num_steps: int) -> np.ndarray:
-  """`num_steps` indices evenly spread over `[0, T)`, always keeping 0 and T - 1.
+def _linspace_timesteps(T: int, n: int) -> np.ndarray:
+  """`n` indices evenly spread over `[0, T)`, increasing, keeping 0 and T - 1 (points >= 1 apart round apart)."""
+  return np.array([T - 1]) if n == 1 else np.round(np.linspace(0, T - 1, n)).astype(np.int64)
 
-  Args:
-    num_diffusion_steps: T of the original process.
-    num_steps: how many steps to keep, in `[1, T]`.
+
+def check_timesteps(timesteps: Any, T: int) -> np.ndarray:
+  """Raises `ValueError` unless `timesteps` are in sampling order: strictly decreasing integers in [0, T).
 
   Returns:
-    Increasing int array of shape `(num_steps,)`.
+    The timesteps as an int32 NumPy array of shape `(n,)`.
   """
-  T = _check_num_steps(num_diffusion_steps)
-  if not is_int(num_steps) or not 1 <= num_steps <= T:
-    raise ValueError(f"num_steps must be an integer in [1, {T}], got {num_steps!r}.")
-  if num_steps == 1:
-    return np.array([T - 1])
-  # Points at least 1 apart round to distinct integers.
-  return np.round(np.linspace(0, T - 1, num_steps)).astype(np.int64)
+  ts = np.asarray(timesteps)
+  if (ts.ndim != 1 or ts.size == 0 or not np.issubdtype(ts.dtype, np.integer) or ts.min() < 0 or ts.max() >= T
+      or np.any(np.diff(ts) >= 0)):
+    raise ValueError(f"timesteps must be a non-empty strictly decreasing integer sequence in [0, T = {T}) "
+                     f"(sampling order: the first step first), got {timesteps!r}.")
+  return ts.astype(np.int32)
 
 
 SPACINGS = ("linspace", "leading", "trailing", "logsnr", "quadratic")
@@ -266,7 +271,7 @@ def _strictly_increasing(timesteps: np.ndarray, T: int) -> np.ndarray:
   return out
 
 
-def sampling_timesteps(betas: np.ndarray, num_steps: int, spacing: str = "linspace") -> np.ndarray:
+def sampling_timesteps(betas: np.ndarray, *, num_steps: int, spacing: str = "linspace") -> np.ndarray:
   """The `num_steps` timesteps a few-step sampler calls the network at, first (largest) first.
 
   With T = len(betas) and n = num_steps (diffusers' names for the first three):
@@ -299,7 +304,7 @@ def sampling_timesteps(betas: np.ndarray, num_steps: int, spacing: str = "linspa
   if n == 1:
     ascending = np.array([T - 1 if spacing != "leading" else 0])
   elif spacing == "linspace":
-    ascending = space_timesteps(T, n)
+    ascending = _linspace_timesteps(T, n)
   elif spacing == "leading":
     ascending = np.arange(n) * (T // n)
   elif spacing == "trailing":
@@ -315,30 +320,24 @@ def sampling_timesteps(betas: np.ndarray, num_steps: int, spacing: str = "linspa
   return np.asarray(ascending, np.int64)[::-1].copy()
 
 
-def respace_betas(betas: np.ndarray, timesteps: Sequence[int] | np.ndarray) -> np.ndarray:
+def respace_betas(betas: np.ndarray, *, timesteps: Sequence[int] | np.ndarray) -> np.ndarray:
   """beta'_i = 1 - alpha_bar[t_i] / alpha_bar[t_{i-1}]: the process that visits only `timesteps`.
 
   Args:
     betas: float64 betas of the original process, shape `(T,)`.
-    timesteps: strictly increasing kept indices in `[0, T)`.
+    timesteps: the kept indices in sampling order (strictly decreasing) in `[0, T)`.
 
   Returns:
-    float64 betas of shape `(len(timesteps),)`.
+    float64 betas of shape `(len(timesteps),)`, the kept steps in increasing order.
   """
   alphas_cumprod = np.cumprod(1.0 - check_betas(betas))
-  timesteps = np.asarray(timesteps)
-  T = len(alphas_cumprod)
-  if (timesteps.ndim != 1 or timesteps.size == 0 or not np.issubdtype(timesteps.dtype, np.integer)
-      or timesteps[0] < 0 or timesteps[-1] >= T or np.any(np.diff(timesteps) <= 0)):
-    raise ValueError(
-        f"timesteps must be a non-empty strictly increasing integer sequence in [0, {T}), "
-        f"got {timesteps!r}.")
-  kept = alphas_cumprod[timesteps]
+  kept = alphas_cumprod[check_timesteps(timesteps, len(alphas_cumprod))[::-1]]
   return 1.0 - kept / np.append(1.0, kept[:-1])
 
 
 def respace(
     betas: np.ndarray,
+    *,
     timesteps: Sequence[int] | np.ndarray,
     dtype: jnp.dtype = jnp.float32,
 ) -> DiffusionSchedule:
@@ -346,15 +345,17 @@ def respace(
 
   Takes the float64 betas rather than a `DiffusionSchedule`: the new betas are
   ratios of neighbouring alpha_bar, which float32 buffers would lose to
-  cancellation. The result's `timesteps` maps each new step to the original
-  index, which is what the network is given.
+  cancellation. The result's `timesteps` buffer maps each new step to the
+  original index, which is what the network is given.
 
   Args:
     betas: float64 betas of the original process, shape `(T,)`.
-    timesteps: strictly increasing kept indices in `[0, T)`.
+    timesteps: the kept indices in sampling order (strictly decreasing) in
+      `[0, T)`, e.g. `sampling_timesteps(betas, num_steps=100)`.
     dtype: floating dtype of the buffers.
 
   Returns:
     A schedule with `len(timesteps)` steps.
   """
-  return make_schedule(respace_betas(betas, timesteps), dtype=dtype, timesteps=np.asarray(timesteps))
+  return make_schedule(respace_betas(betas, timesteps=timesteps), dtype=dtype,
+                       timesteps=np.asarray(timesteps)[::-1])

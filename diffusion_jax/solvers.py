@@ -5,8 +5,8 @@ and UniPC (Zhao et al. 2023, B(h) = e^h - 1), as a weight table computed once in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import Any
 
 import flax.struct
 import jax
@@ -14,10 +14,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from diffusion_jax import diffusion, schedules
-from diffusion_jax.checks import ProgressFn, is_int, report_progress
+from diffusion_jax.checks import ProgressFn, is_int
 from diffusion_jax.diffusion import ModelFn
-from diffusion_jax.schedules import DiffusionSchedule, space_timesteps
-
+from diffusion_jax.sampling import Trajectory, check_sample_shape, mean_output, run_chain
+from diffusion_jax.schedules import check_timesteps
 
 SOLVERS = ("dpm_solver++", "unipc")
 
@@ -139,7 +139,7 @@ def _unipc_weights(lam: np.ndarray, alpha: np.ndarray, sigma: np.ndarray, i: int
   return sigma[i + 1] / sigma[i], d, new
 
 
-def solver_table(betas: np.ndarray, timesteps: Sequence[int] | np.ndarray, *, solver: str = "dpm_solver++",
+def solver_table(betas: np.ndarray, *, timesteps: Sequence[int] | np.ndarray, solver: str = "dpm_solver++",
                  order: int = 2, dtype: jnp.dtype = jnp.float32) -> SolverTable:
   """The weights of DPM-Solver++ or UniPC on `timesteps` of the process of `betas`, computed in float64.
 
@@ -150,7 +150,8 @@ def solver_table(betas: np.ndarray, timesteps: Sequence[int] | np.ndarray, *, so
 
   Args:
     betas: float64 betas of the process the network was trained on, shape `(T,)`.
-    timesteps: strictly decreasing network timesteps in `[0, T)` (`schedules.sampling_timesteps`).
+    timesteps: the network timesteps in sampling order (strictly decreasing) in `[0, T)`
+      (`schedules.sampling_timesteps`).
     solver: `dpm_solver++` or `unipc` (its corrector included).
     order: 1, 2 or 3 (UniPC-p: predictor of order p; the corrector raises it by one).
     dtype: floating dtype of the weights.
@@ -203,11 +204,11 @@ def _data_prediction(out: jax.Array, x: jax.Array, alpha: jax.Array, sigma: jax.
 
 
 def solver_sample(
-    model_fn: ModelFn,
     table: SolverTable,
+    *,
+    model_fn: ModelFn,
     shape: tuple[int, ...],
     key: jax.Array,
-    *,
     model_mean_type: str = "eps",
     clip_denoised: bool = True,
     return_every: int | None = None,
@@ -220,8 +221,9 @@ def solver_sample(
   One `lax.scan` over the n steps of `table` (`solver_table`), one network call per step, the last K data
   predictions in the carry. Deterministic: the result is a function of x_T.
 
-    table = solver_table(betas, sampling_timesteps(betas, 20, "logsnr"), solver="unipc", order=2)
-    x0 = jax.jit(lambda p, tab, k: solver_sample(lambda x, t: net(p, x, t), tab, shape, k))(params, table, key)
+    table = solver_table(betas, timesteps=sampling_timesteps(betas, num_steps=20, spacing="logsnr"), solver="unipc")
+    draw = jax.jit(lambda p, tab, k: solver_sample(tab, model_fn=lambda x, t: net(p, x, t), shape=shape, key=k))
+    x0 = draw(params, table, key)
 
   Args:
     model_fn: traceable `model_fn(x_t, t) -> output`, mean output only, `t` the original process's step.
@@ -230,21 +232,21 @@ def solver_sample(
     key: PRNG key (x_T only).
     model_mean_type: what the network predicts: `eps`, `xstart` or `v`.
     clip_denoised: clip every data prediction to [-1, 1].
-    return_every, sharding, progress, x_T: as in `sample`; the trajectory's `x_t` is each step's state before
+    return_every, sharding, progress, x_T: as in `ancestral_sample`; the trajectory's `x_t` is each step's state before
       its correction.
 
   Returns:
     x_0 of shape `shape`, and with `return_every` a `Trajectory` as well.
   """
   diffusion.check_model_types(model_mean_type, "fixed_small")
-  shape = _check_shape(shape)
+  shape = check_sample_shape(shape)
   K = table.history
 
   def step(x: jax.Array, extra: tuple[jax.Array, jax.Array], row: SolverTable, key: jax.Array
            ) -> tuple[jax.Array, tuple[jax.Array, jax.Array], jax.Array]:
     x_last, history = extra
     tb = jnp.full((shape[0],), row.timesteps, dtype=jnp.int32)
-    m = _data_prediction(_mean_output(model_fn(x, tb), x), x, row.alpha, row.sigma, model_mean_type,
+    m = _data_prediction(mean_output(model_fn(x, tb), x), x, row.alpha, row.sigma, model_mean_type,
                          clip_denoised)
     x = row.keep * x + row.last * x_last + row.new * m + sum(row.history_c[k] * history[k] for k in range(K))
     history = jnp.concatenate([m[None], history[:-1]])
@@ -253,4 +255,4 @@ def solver_sample(
 
   zeros = jnp.zeros(shape, table.alpha.dtype)
   extra = (zeros, jnp.zeros((K, *shape), table.alpha.dtype))
-  return _run_chain(step, table.timesteps, table, shape, key, return_every, sharding, progress, x_T, extra)
+  return run_chain(step, table.timesteps, table, shape, key, return_every, sharding, progress, x_T, extra)

@@ -45,7 +45,7 @@ def posterior_by_bayes(betas: np.ndarray, x0: np.ndarray, xt: np.ndarray, t: int
   return var * (prior_mean / prior_var + lik_mean / lik_var), var
 
 
-def algorithm1_mean(betas: np.ndarray, xt: np.ndarray, t: int, eps: np.ndarray) -> np.ndarray:
+def algorithm2_mean(betas: np.ndarray, xt: np.ndarray, t: int, eps: np.ndarray) -> np.ndarray:
   """1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alpha_bar_t) eps), Ho et al. Algorithm 2."""
   abar = alphas_cumprod(betas)[t]
   return (xt - betas[t] / math.sqrt(1.0 - abar) * eps) / math.sqrt(1.0 - betas[t])

@@ -45,9 +45,9 @@ def assert_f32_close(got, want, *terms):
 def test_q_sample_and_q_mean_variance():
   x0, noise, _ = _data()
   a, b = np.sqrt(_col(ABAR)), np.sqrt(1 - _col(ABAR))
-  got = jax.jit(diffusion.q_sample)(SCHED, x0, TS, noise)
+  got = jax.jit(diffusion.q_sample)(SCHED, x_start=x0, t=TS, noise=noise)
   assert_f32_close(got, a * x0 + b * noise, a * x0, b * noise)
-  mean, var, logvar = jax.jit(diffusion.q_mean_variance)(SCHED, x0, TS)
+  mean, var, logvar = jax.jit(diffusion.q_mean_variance)(SCHED, x_start=x0, t=TS)
   assert_f32_close(mean, a * x0)
   assert_f32_close(var, 1 - _col(ABAR))
   assert_f32_close(logvar, np.log(1 - _col(ABAR)))
@@ -55,10 +55,10 @@ def test_q_sample_and_q_mean_variance():
 
 def test_q_step_and_posterior_equal_bayes():
   x0, xt, noise = _data(1)
-  got = jax.jit(diffusion.q_step)(SCHED, x0, TS, noise)
+  got = jax.jit(diffusion.q_step)(SCHED, x_prev=x0, t=TS, noise=noise)
   a, b = np.sqrt(1 - _col(BETAS)), np.sqrt(_col(BETAS))
   assert_f32_close(got, a * x0 + b * noise, a * x0, b * noise)
-  mean, var, logvar = jax.jit(diffusion.q_posterior_mean_variance)(SCHED, x0, xt, TS)
+  mean, var, logvar = jax.jit(diffusion.q_posterior_mean_variance)(SCHED, x_start=x0, x_t=xt, t=TS)
   for i, t in enumerate(TS):
     want_mean, want_var = ref.posterior_by_bayes(BETAS, x0[i].astype(np.float64), xt[i].astype(np.float64), t)
     c1 = BETAS[t] * math.sqrt(ABAR_PREV[t]) / (1 - ABAR[t])
@@ -77,12 +77,13 @@ def test_q_step_iterated_matches_q_sample_marginal():
   @jax.jit
   def chain(schedule, key):
     def body(x, t):
-      x = diffusion.q_step(schedule, x, t, jax.random.normal(jax.random.fold_in(key, t), x.shape))
+      x = diffusion.q_step(schedule, x_prev=x, t=t, noise=jax.random.normal(jax.random.fold_in(key, t), x.shape))
       return x, x
     return jax.lax.scan(body, x0, jnp.arange(T))[1]
 
   xs = np.asarray(chain(SCHED, jax.random.key(0)), np.float64).reshape(T, 4, n)
-  direct = diffusion.q_sample(SCHED, x0, jnp.full((4 * n,), 499), jax.random.normal(jax.random.key(1), x0.shape))
+  direct = diffusion.q_sample(
+      SCHED, x_start=x0, t=jnp.full((4 * n,), 499), noise=jax.random.normal(jax.random.key(1), x0.shape))
   direct = np.asarray(direct, np.float64).reshape(4, n)
   for t in [0, 49, 499, 999]:
     want_mean = np.sqrt(ABAR[t]) * np.array([-1.0, -0.2, 0.5, 1.0])
@@ -100,32 +101,33 @@ def test_q_step_iterated_matches_q_sample_marginal():
 def test_predictions_and_conversions():
   xt, eps, x0 = _data(2)
   ra, rm1 = np.sqrt(1 / _col(ABAR)), np.sqrt(1 / _col(ABAR) - 1)
-  got = jax.jit(diffusion.predict_xstart_from_eps)(SCHED, xt, TS, eps)
+  got = jax.jit(diffusion.predict_xstart_from_eps)(SCHED, x_t=xt, t=TS, eps=eps)
   assert_f32_close(got, ra * xt - rm1 * eps, ra * xt, rm1 * eps)
-  got = jax.jit(diffusion.predict_eps_from_xstart)(SCHED, xt, TS, x0)
+  got = jax.jit(diffusion.predict_eps_from_xstart)(SCHED, x_t=xt, t=TS, pred_xstart=x0)
   assert_f32_close(got, (ra * xt - x0) / rm1, ra * xt / rm1, x0 / rm1)
   a, b = np.sqrt(_col(ABAR)), np.sqrt(1 - _col(ABAR))
-  got = jax.jit(diffusion.predict_v)(SCHED, x0, TS, eps)
+  got = jax.jit(diffusion.v_target)(SCHED, x_start=x0, t=TS, noise=eps)
   assert_f32_close(got, a * eps - b * x0, a * eps, b * x0)
-  got = jax.jit(diffusion.predict_xstart_from_v)(SCHED, xt, TS, eps)
+  got = jax.jit(diffusion.predict_xstart_from_v)(SCHED, x_t=xt, t=TS, v=eps)
   assert_f32_close(got, a * xt - b * eps, a * xt, b * eps)
-  got = jax.jit(diffusion.score_from_eps)(SCHED, eps, TS)
+  got = jax.jit(diffusion.score_from_eps)(SCHED, eps=eps, t=TS)
   assert_f32_close(got, -eps / b)
-  got = jax.jit(diffusion.eps_from_score)(SCHED, got, TS)
+  got = jax.jit(diffusion.eps_from_score)(SCHED, score=got, t=TS)
   assert_f32_close(got, eps, 3 * eps)
   # Round trips: eps -> x_0 -> eps, and v of the true (x_0, eps) recovers x_0 from x_t.
-  x_t = diffusion.q_sample(SCHED, x0, TS, eps)
-  v = diffusion.predict_v(SCHED, x0, TS, eps)
-  np.testing.assert_allclose(diffusion.predict_xstart_from_v(SCHED, x_t, TS, v), x0, atol=2e-5)
+  x_t = diffusion.q_sample(SCHED, x_start=x0, t=TS, noise=eps)
+  v = diffusion.v_target(SCHED, x_start=x0, t=TS, noise=eps)
+  np.testing.assert_allclose(diffusion.predict_xstart_from_v(SCHED, x_t=x_t, t=TS, v=v), x0, atol=2e-5)
 
 
-def test_algorithm1_mean_equals_posterior_mean_route():
-  """Without clipping, p_mean_variance's mean for eps models is Algorithm 1's mean."""
+def test_algorithm2_mean_equals_posterior_mean_route():
+  """Without clipping, p_mean_variance's mean for eps models is the mean of Algorithm 2 (sampling)."""
   xt, eps, _ = _data(3)
-  out = jax.jit(diffusion.p_mean_variance, static_argnames=("model_mean_type", "model_var_type", "clip_denoised"))(
-      SCHED, eps, xt, TS, model_mean_type="eps", model_var_type="fixed_large", clip_denoised=False)
+  pmv = jax.jit(diffusion.p_mean_variance, static_argnames=("model_mean_type", "model_var_type", "clip_denoised"))
+  out = pmv(SCHED, model_output=eps, x_t=xt, t=TS, model_mean_type="eps", model_var_type="fixed_large",
+            clip_denoised=False)
   for i, t in enumerate(TS):
-    want = ref.algorithm1_mean(BETAS, xt[i].astype(np.float64), t, eps[i].astype(np.float64))
+    want = ref.algorithm2_mean(BETAS, xt[i].astype(np.float64), t, eps[i].astype(np.float64))
     # The posterior route multiplies x_0 = (x_t - b eps) / a, itself ~158 x_t at large t, by coef1 ~1e-4.
     scale = (np.abs(xt[i]) + np.abs(eps[i])) * (1 + 1 / math.sqrt(ABAR[t]) + 1 / math.sqrt(1 - BETAS[t]))
     assert_f32_close(out.mean[i], want, scale)
@@ -139,7 +141,8 @@ def test_p_mean_variance(mean_type, var_type, clip):
   var_values = np.tanh(var_raw)
   model_output = np.concatenate([out_mean, var_values], -1) if var_type == "learned_range" else out_mean
   fn = jax.jit(diffusion.p_mean_variance, static_argnames=("model_mean_type", "model_var_type", "clip_denoised"))
-  out = fn(SCHED, model_output, xt, TS, model_mean_type=mean_type, model_var_type=var_type, clip_denoised=clip)
+  out = fn(SCHED, model_output=model_output, x_t=xt, t=TS, model_mean_type=mean_type, model_var_type=var_type,
+           clip_denoised=clip)
   x, o = xt.astype(np.float64), out_mean.astype(np.float64)
   a, b = np.sqrt(_col(ABAR)), np.sqrt(1 - _col(ABAR))
   if mean_type == "eps":
@@ -171,13 +174,21 @@ def test_p_mean_variance(mean_type, var_type, clip):
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda x, t: diffusion.q_sample(SCHED, x, t.astype(jnp.float32), x), "integer timestep"),
-    (lambda x, t: diffusion.q_sample(SCHED, x, t[:2], x), r"shape \(batch,\)"),
-    (lambda x, t: diffusion.q_sample(SCHED, x, t, x[:, :2]), "Shapes must match"),
-    (lambda x, t: diffusion.p_mean_variance(SCHED, x, x, t, model_mean_type="score"), "model_mean_type 'score'"),
-    (lambda x, t: diffusion.p_mean_variance(SCHED, x, x, t, model_var_type="big"), "model_var_type 'big'"),
-    (lambda x, t: diffusion.p_mean_variance(SCHED, x, x, t, model_var_type="learned_range"), "twice the channels"),
-    (lambda x, t: diffusion.predict_xstart(SCHED, x, x, t, model_mean_type="score"), "model_mean_type 'score'"),
+    (lambda x, t: diffusion.q_sample(SCHED, x_start=x, t=t.astype(jnp.float32), noise=x), "integer timestep"),
+    (lambda x, t: diffusion.q_sample(SCHED, x_start=x, t=t[:2], noise=x), r"shape \(batch,\)"),
+    (lambda x, t: diffusion.q_sample(SCHED, x_start=x, t=t, noise=x[:, :2]), "Shapes must match"),
+    (
+        lambda x, t: diffusion.p_mean_variance(SCHED, model_output=x, x_t=x, t=t, model_mean_type="score"),
+        "model_mean_type 'score'"),
+    (
+        lambda x, t: diffusion.p_mean_variance(SCHED, model_output=x, x_t=x, t=t, model_var_type="big"),
+        "model_var_type 'big'"),
+    (
+        lambda x, t: diffusion.p_mean_variance(SCHED, model_output=x, x_t=x, t=t, model_var_type="learned_range"),
+        "twice the channels"),
+    (
+        lambda x, t: diffusion.predict_xstart(SCHED, model_output=x, x_t=x, t=t, model_mean_type="score"),
+        "model_mean_type 'score'"),
 ])
 def test_bad_input_raises(call, match):
   x = jnp.zeros(SHAPE)
@@ -186,19 +197,21 @@ def test_bad_input_raises(call, match):
 
 
 PUBLIC = {
-    "q_step": lambda x, t: diffusion.q_step(SCHED, x, t, x),
-    "q_mean_variance": lambda x, t: diffusion.q_mean_variance(SCHED, x, t)[0],
-    "q_sample": lambda x, t: diffusion.q_sample(SCHED, x, t, x),
-    "q_posterior_mean_variance": lambda x, t: diffusion.q_posterior_mean_variance(SCHED, x, x, t)[0],
-    "predict_xstart_from_eps": lambda x, t: diffusion.predict_xstart_from_eps(SCHED, x, t, x),
-    "predict_eps_from_xstart": lambda x, t: diffusion.predict_eps_from_xstart(SCHED, x, t, x),
-    "predict_v": lambda x, t: diffusion.predict_v(SCHED, x, t, x),
-    "predict_xstart_from_v": lambda x, t: diffusion.predict_xstart_from_v(SCHED, x, t, x),
-    "predict_xstart": lambda x, t: diffusion.predict_xstart(SCHED, x, x, t, model_mean_type="v", clip_denoised=False),
-    "score_from_eps": lambda x, t: diffusion.score_from_eps(SCHED, x, t),
-    "eps_from_score": lambda x, t: diffusion.eps_from_score(SCHED, x, t),
+    "q_step": lambda x, t: diffusion.q_step(SCHED, x_prev=x, t=t, noise=x),
+    "q_mean_variance": lambda x, t: diffusion.q_mean_variance(SCHED, x_start=x, t=t)[0],
+    "q_sample": lambda x, t: diffusion.q_sample(SCHED, x_start=x, t=t, noise=x),
+    "q_posterior_mean_variance": lambda x, t: diffusion.q_posterior_mean_variance(SCHED, x_start=x, x_t=x, t=t)[0],
+    "predict_xstart_from_eps": lambda x, t: diffusion.predict_xstart_from_eps(SCHED, x_t=x, t=t, eps=x),
+    "predict_eps_from_xstart": lambda x, t: diffusion.predict_eps_from_xstart(SCHED, x_t=x, t=t, pred_xstart=x),
+    "predict_v": lambda x, t: diffusion.v_target(SCHED, x_start=x, t=t, noise=x),
+    "predict_xstart_from_v": lambda x, t: diffusion.predict_xstart_from_v(SCHED, x_t=x, t=t, v=x),
+    "predict_xstart": lambda x, t: diffusion.predict_xstart(
+        SCHED, model_output=x, x_t=x, t=t, model_mean_type="v", clip_denoised=False),
+    "score_from_eps": lambda x, t: diffusion.score_from_eps(SCHED, eps=x, t=t),
+    "eps_from_score": lambda x, t: diffusion.eps_from_score(SCHED, score=x, t=t),
     "p_mean_variance": lambda x, t: diffusion.p_mean_variance(
-        SCHED, jnp.concatenate([x, jnp.tanh(x)], -1), x, t, model_var_type="learned_range", model_mean_type="v").mean,
+        SCHED, model_output=jnp.concatenate([x, jnp.tanh(x)], -1), x_t=x, t=t, model_var_type="learned_range",
+        model_mean_type="v").mean,
 }
 
 

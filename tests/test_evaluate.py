@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import losses, sampling, schedules
+from diffusion_jax import losses, sampling, schedules, solvers
 from diffusion_jax.run import build as experiment
 from diffusion_jax.run import compiler, data
 from diffusion_jax.run import modes as evaluate
@@ -33,8 +33,9 @@ def test_a_padded_last_batch_gives_the_bits_per_dim_of_the_real_examples_only(da
 
   @compiler.jit
   def bound(params, x, labels, key):  # configs/tiny.py is class-conditional: the bound given each label
-    return losses.variational_bound(experiment.model_fn(exp.model, params, labels=labels), exp.schedule,
-                                    data.to_model_input(x), key, timesteps_per_call=c.eval.timesteps_per_call)
+    return losses.variational_bound(
+        exp.schedule, model_fn=experiment.model_fn(exp.model, params, labels=labels), x_start=data.to_model_input(x),
+        key=key, timesteps_per_call=c.eval.timesteps_per_call)
 
   totals, terms = [], []
   for b in range(3):
@@ -65,15 +66,18 @@ def test_the_configs_samplers_are_the_library_functions(sampler, spacing):
   got = sampler.make_sampler(exp, 8)(params, key, labels)
   fn = experiment.model_fn(exp.model, params, labels=labels)
   shape = (8, 8, 8, 1)
-  timesteps = schedules.sampling_timesteps(exp.betas, 10, spacing)
+  timesteps = schedules.sampling_timesteps(exp.betas, num_steps=10, spacing=spacing)
   if sampler == "ddim":
-    want = sampling.ddim_sample(fn, exp.schedule, shape, key, timesteps=timesteps, eta=0.5)
+    want = sampling.ddim_sample(exp.schedule, model_fn=fn, shape=shape, key=key, timesteps=timesteps, eta=0.5)
   elif sampler == "ancestral":
-    respaced = schedules.respace(exp.betas, schedules.space_timesteps(50, 10))
-    want = sampling.sample(fn, respaced, shape, key, model_var_type=c.diffusion.model_var_type)
+    respaced = schedules.respace(exp.betas, timesteps=schedules.sampling_timesteps(exp.betas, num_steps=10))
+    want = sampling.ancestral_sample(
+        respaced, model_fn=fn, shape=shape, key=key, model_var_type=c.diffusion.model_var_type)
   else:
-    want = sampling.solver_sample(fn, sampling.solver_table(exp.betas, timesteps, solver=sampler, order=3), shape,
-                                  key)
+    want = solvers.solver_sample(
+        solvers.solver_table(exp.betas, timesteps=timesteps, solver=sampler, order=3), model_fn=fn, shape=shape,
+        key=key)
   np.testing.assert_allclose(got, want, atol=2e-4)  # one program vs another: x_0 = (x - sigma eps) / alpha
-  full = sampling.sample(fn, exp.schedule, shape, key, model_var_type=c.diffusion.model_var_type)
+  full = sampling.ancestral_sample(
+      exp.schedule, model_fn=fn, shape=shape, key=key, model_var_type=c.diffusion.model_var_type)
   assert not np.allclose(got, full, atol=1e-2)

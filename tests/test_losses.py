@@ -64,7 +64,8 @@ def test_mse_loss_and_weights():
   t = np.array([0, 3, 3, 9])
   w = np.linspace(0.5, 2.0, 10)
   np.testing.assert_allclose(losses.mse_loss(p, y), ((p - y) ** 2).reshape(4, -1).mean(1), rtol=1e-6)
-  np.testing.assert_allclose(losses.mse_loss(p, y, t, w), ((p - y) ** 2).reshape(4, -1).mean(1) * w[t], rtol=1e-6)
+  np.testing.assert_allclose(
+      losses.mse_loss(p, y, t=t, timestep_weights=w), ((p - y) ** 2).reshape(4, -1).mean(1) * w[t], rtol=1e-6)
   with pytest.raises(ValueError, match="shape"):
     losses.mse_loss(p, y[:, :2])
 
@@ -74,21 +75,23 @@ def test_training_losses_targets(mean_type):
   rng = np.random.default_rng(3)
   x0, noise = (jnp.asarray(a, jnp.float32) for a in rng.normal(size=(2, 8, 4, 4, 3)))
   t = jnp.arange(8) * 120
-  targets = {"eps": noise, "xstart": x0, "v": diffusion.predict_v(SCHED, x0, t, noise)}
+  targets = {"eps": noise, "xstart": x0, "v": diffusion.v_target(SCHED, x_start=x0, t=t, noise=noise)}
   # A model that outputs the target exactly has zero loss; one that is off by 1 everywhere has loss 1.
   perfect = lambda x_t, tt: targets[mean_type]
-  out = losses.training_losses(perfect, SCHED, x0, t, noise, model_mean_type=mean_type)
+  out = losses.training_losses(SCHED, model_fn=perfect, x_start=x0, t=t, noise=noise, model_mean_type=mean_type)
   np.testing.assert_allclose(out["loss"], 0.0, atol=1e-10)
   off = lambda x_t, tt: targets[mean_type] + 1.0
-  out = jax.jit(lambda x0, n: losses.training_losses(off, SCHED, x0, t, n, model_mean_type=mean_type))(x0, noise)
+  out = jax.jit(
+      lambda x0, n: losses.training_losses(
+          SCHED, model_fn=off, x_start=x0, t=t, noise=n, model_mean_type=mean_type))(x0, noise)
   np.testing.assert_allclose(out["loss"], 1.0, rtol=1e-5)
 
 
 def test_the_network_sees_the_closed_form_x_t_and_the_original_timestep():
   """On a respaced schedule (10 of 1000 steps) the model gets x_t = sqrt(abar) x_0 + sqrt(1 - abar) eps, abar
   of the original step, and that step's index, schedule.timesteps[t] (float64 reference)."""
-  kept = schedules.space_timesteps(T, 10)
-  sched = schedules.respace(BETAS, kept)
+  kept = schedules.sampling_timesteps(BETAS, num_steps=10)[::-1]  # step i of the respaced process stands for kept[i]
+  sched = schedules.respace(BETAS, timesteps=kept[::-1])
   rng = np.random.default_rng(5)
   x0, noise = (jnp.asarray(a, jnp.float32) for a in rng.normal(size=(2, 6, 3, 2)))
   t = jnp.array([0, 1, 4, 5, 8, 9])
@@ -98,7 +101,7 @@ def test_the_network_sees_the_closed_form_x_t_and_the_original_timestep():
     seen.update(x_t=x_t, t=tt)
     return jnp.zeros_like(x_t)
 
-  losses.training_losses(spy, sched, x0, t, noise)
+  losses.training_losses(sched, model_fn=spy, x_start=x0, t=t, noise=noise)
   abar = ref.alphas_cumprod(BETAS)[kept[np.asarray(t)]][:, None, None]
   np.testing.assert_array_equal(seen["t"], kept[np.asarray(t)])
   np.testing.assert_allclose(seen["x_t"], np.sqrt(abar) * np.asarray(x0, np.float64)
@@ -113,7 +116,8 @@ def test_hybrid_loss_trains_variance_only_through_vlb():
 
   def loss(theta, part):
     model = lambda x_t, tt: jnp.concatenate([theta[0] * x_t, jnp.tanh(theta[1] * x_t)], -1)
-    return losses.training_losses(model, SCHED, x0, t, noise, model_var_type="learned_range")[part].mean()
+    return losses.training_losses(
+        SCHED, model_fn=model, x_start=x0, t=t, noise=noise, model_var_type="learned_range")[part].mean()
 
   theta = jnp.array([0.3, 0.2])
   g_vlb = jax.grad(loss)(theta, "vlb")
@@ -127,7 +131,7 @@ def test_prior_bpd_closed_form():
   abar = ref.alphas_cumprod(BETAS)[-1]
   m = np.sqrt(abar) * np.asarray(x0, np.float64)
   want = (0.5 * (-np.log(1 - abar) + (1 - abar) + m**2 - 1)).mean(1) / math.log(2)
-  np.testing.assert_allclose(losses.prior_bpd(SCHED, x0), want, rtol=1e-5)
+  np.testing.assert_allclose(losses.prior_bpd(SCHED, x_start=x0), want, rtol=1e-5)
 
 
 def _bayes_xstart_model(schedule, log_pmf):
@@ -155,8 +159,11 @@ def test_variational_bound_of_optimal_model_is_above_exact_nll(var_type, max_gap
   B = 256
   x0 = jnp.asarray(ref.grid_levels()[rng.choice(256, size=(B, 16), p=pmf)], jnp.float32)
   model_fn = _bayes_xstart_model(SCHED, jnp.asarray(np.log(np.maximum(pmf, 1e-300)), jnp.float32))
-  vb = jax.jit(lambda x, k: losses.variational_bound(
-      model_fn, SCHED, x, k, model_mean_type="xstart", model_var_type=var_type, timesteps_per_call=10))(
+  vb = jax.jit(
+      lambda x,
+      k: losses.variational_bound(
+          SCHED, model_fn=model_fn, x_start=x, key=k, model_mean_type="xstart", model_var_type=var_type,
+          timesteps_per_call=10))(
           x0, jax.random.key(1))
   total = np.asarray(vb.total_bpd, np.float64)
   assert vb.terms_bpd.shape == (B, T) and vb.xstart_mse.shape == (B, T)
@@ -173,7 +180,8 @@ def test_variational_bound_chunking_is_exact():
   x0 = jnp.asarray(ref.grid_levels()[np.random.default_rng(6).integers(0, 256, size=(3, 5))], jnp.float32)
   sched = schedules.make_schedule(schedules.get_beta_schedule("linear", num_diffusion_steps=20))
   model = lambda x, t: 0.5 * x * (t[:, None] / 20.0)
-  run = lambda k: losses.variational_bound(model, sched, x0, jax.random.key(0), timesteps_per_call=k)
+  run = lambda k: losses.variational_bound(
+      sched, model_fn=model, x_start=x0, key=jax.random.key(0), timesteps_per_call=k)
   a, b = run(1), jax.jit(lambda: run(5))()
   np.testing.assert_allclose(a.terms_bpd, b.terms_bpd, rtol=1e-5)
   with pytest.raises(ValueError, match="timesteps_per_call"):
@@ -190,9 +198,9 @@ def test_hybrid_loss_bound_term_has_the_t_over_1000_scale():
   noise = jnp.asarray(rng.normal(size=x0.shape), jnp.float32)
   t = jnp.array([0, 1, 10, 500, 1500, 1999])
   model = lambda x, t: jnp.concatenate([0.5 * x, jnp.tanh(x)], -1)
-  terms = losses.training_losses(model, sched, x0, t, noise, model_var_type="learned_range")
-  x_t = diffusion.q_sample(sched, x0, t, noise)
-  bound, _ = losses.vlb_term_bpd(sched, model(x_t, t), x0, x_t, t, model_var_type="learned_range",
-                                 clip_denoised=False)
+  terms = losses.training_losses(sched, model_fn=model, x_start=x0, t=t, noise=noise, model_var_type="learned_range")
+  x_t = diffusion.q_sample(sched, x_start=x0, t=t, noise=noise)
+  bound, _ = losses.vlb_term_bpd(
+      sched, model_output=model(x_t, t), x_start=x0, x_t=x_t, t=t, model_var_type="learned_range", clip_denoised=False)
   np.testing.assert_allclose(terms["vlb"], 2.0 * bound, rtol=1e-5)
   np.testing.assert_allclose(terms["loss"], terms["mse"] + terms["vlb"], rtol=1e-6)

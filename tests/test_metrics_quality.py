@@ -107,7 +107,7 @@ def test_trained_digits_model_scores_far_better_than_an_untrained_one(digits_run
   t = jnp.arange(64) * (c.diffusion.num_diffusion_steps // 64)
   noise = jax.random.normal(jax.random.key(9), x0.shape)
   loss = jax.jit(lambda params: losses.training_losses(
-      experiment.model_fn(exp.model, params), exp.schedule, x0, t, noise)["loss"].mean())
+      exp.schedule, model_fn=experiment.model_fn(exp.model, params), x_start=x0, t=t, noise=noise)["loss"].mean())
   assert float(loss(state.params)) < float(loss(init)) / 4
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import reference as ref
-from diffusion_jax import diffusion, sampling, schedules
+from diffusion_jax import diffusion, sampling, schedules, solvers
 
 T = 1000
 BETAS = schedules.get_beta_schedule("linear", num_diffusion_steps=T)
@@ -42,30 +42,38 @@ M, S = 0.3, 0.5
 CASES = {
     # name: (sampler call, exact moments of that sampler, whether it must also hit the data law)
     "ancestral_fixed_small": (
-        lambda key: sampling.sample(optimal_eps(M, S), SCHED, (N_ROWS, N_DIMS), key,
-                                    model_var_type="fixed_small", clip_denoised=False),
+        lambda key: sampling.ancestral_sample(
+            SCHED, model_fn=optimal_eps(M, S), shape=(N_ROWS, N_DIMS), key=key, model_var_type="fixed_small",
+            clip_denoised=False),
         ref.gaussian_sampler_moments(ABAR, M, S, variance="small"), True),
     "ancestral_fixed_large": (
-        lambda key: sampling.sample(optimal_eps(M, S), SCHED, (N_ROWS, N_DIMS), key,
-                                    model_var_type="fixed_large", clip_denoised=False),
+        lambda key: sampling.ancestral_sample(
+            SCHED, model_fn=optimal_eps(M, S), shape=(N_ROWS, N_DIMS), key=key, model_var_type="fixed_large",
+            clip_denoised=False),
         ref.gaussian_sampler_moments(ABAR, M, S, variance="large"), True),
     "ddim_eta0": (
-        lambda key: sampling.ddim_sample(optimal_eps(M, S), SCHED, (N_ROWS, N_DIMS), key,
-                                         eta=0.0, clip_denoised=False),
+        lambda key: sampling.ddim_sample(
+            SCHED, model_fn=optimal_eps(M, S), shape=(N_ROWS, N_DIMS), key=key, eta=0.0, clip_denoised=False),
         ref.gaussian_sampler_moments(ABAR, M, S, variance="", eta=0.0), True),
     "ddim_eta1": (
-        lambda key: sampling.ddim_sample(optimal_eps(M, S), SCHED, (N_ROWS, N_DIMS), key,
-                                         eta=1.0, clip_denoised=False),
+        lambda key: sampling.ddim_sample(
+            SCHED, model_fn=optimal_eps(M, S), shape=(N_ROWS, N_DIMS), key=key, eta=1.0, clip_denoised=False),
         ref.gaussian_sampler_moments(ABAR, M, S, variance="", eta=1.0), True),
     "respaced_250_fixed_large": (
-        lambda key: sampling.sample(optimal_eps(M, S), schedules.respace(BETAS, schedules.space_timesteps(T, 250)),
-                                    (N_ROWS, N_DIMS), key, model_var_type="fixed_large", clip_denoised=False),
-        ref.gaussian_sampler_moments(ABAR[schedules.space_timesteps(T, 250)], M, S, variance="large"), True),
+        lambda key: sampling.ancestral_sample(
+            schedules.respace(
+                BETAS, timesteps=schedules.sampling_timesteps(BETAS, num_steps=250)), model_fn=optimal_eps(M, S),
+            shape=(N_ROWS, N_DIMS), key=key, model_var_type="fixed_large", clip_denoised=False),
+        ref.gaussian_sampler_moments(
+            ABAR[schedules.sampling_timesteps(BETAS, num_steps=250)[::-1]], M, S, variance="large"), True),
     # 50 steps: a real discretisation bias (std 0.472 for 0.5), so only the exact law is checked.
     "ddim_50_eta0": (
-        lambda key: sampling.ddim_sample(optimal_eps(M, S), SCHED, (N_ROWS, N_DIMS), key,
-                                         num_steps=50, eta=0.0, clip_denoised=False),
-        ref.gaussian_sampler_moments(ABAR[schedules.space_timesteps(T, 50)], M, S, variance="", eta=0.0), False),
+        lambda key: sampling.ddim_sample(
+            SCHED, model_fn=optimal_eps(M, S), shape=(N_ROWS, N_DIMS), key=key, timesteps=schedules.sampling_timesteps(
+                BETAS, num_steps=50), eta=0.0,
+            clip_denoised=False),
+        ref.gaussian_sampler_moments(
+            ABAR[schedules.sampling_timesteps(BETAS, num_steps=50)[::-1]], M, S, variance="", eta=0.0), False),
 }
 
 
@@ -81,8 +89,9 @@ def test_gaussian_data_sampling_law(name):
 
 def test_fixed_large_is_exact_for_standard_normal_data():
   """For N(0, 1) data every x_t is N(0, 1) and sigma_t^2 = beta_t makes each reverse step exact."""
-  x = jax.jit(lambda k: sampling.sample(optimal_eps(0.0, 1.0), SCHED, (N_ROWS, N_DIMS), k,
-                                        model_var_type="fixed_large", clip_denoised=False))(jax.random.key(3))
+  x = jax.jit(lambda k: sampling.ancestral_sample(
+      SCHED, model_fn=optimal_eps(0.0, 1.0), shape=(N_ROWS, N_DIMS), key=k, model_var_type="fixed_large",
+      clip_denoised=False))(jax.random.key(3))
   mu, sd = ref.gaussian_sampler_moments(ABAR, 0.0, 1.0, variance="large")
   assert abs(sd - np.sqrt(1 - BETAS[0])) < 1e-12  # the only departure: no noise at t = 0
   _assert_moments(x, 0.0, 1.0, "N(0,1)")
@@ -92,19 +101,21 @@ def test_no_noise_at_last_step_and_trajectory():
   model = lambda x, t: 0.1 * x
   shape = (4, 3)
   sched = schedules.make_schedule(schedules.get_beta_schedule("linear", num_diffusion_steps=50))
-  x0, traj = jax.jit(lambda k: sampling.sample(model, sched, shape, k, return_every=1))(jax.random.key(0))
+  x0, traj = jax.jit(lambda k: sampling.ancestral_sample(
+      sched, model_fn=model, shape=shape, key=k, return_every=1))(jax.random.key(0))
   np.testing.assert_array_equal(traj.timesteps, np.arange(49, -1, -1))
   # The final sample is exactly the mean at t = 0 from the last saved state.
   t0 = jnp.zeros((4,), jnp.int32)
-  last = diffusion.p_mean_variance(sched, model(traj.x_t[-1], t0), traj.x_t[-1], t0)
+  last = diffusion.p_mean_variance(sched, model_output=model(traj.x_t[-1], t0), x_t=traj.x_t[-1], t=t0)
   np.testing.assert_allclose(x0, last.mean, rtol=1e-6, atol=1e-7)
   np.testing.assert_allclose(traj.pred_xstart[-1], last.pred_xstart, rtol=1e-6)
   # Subsampled trajectories are the same chain, and return_every does not change the sample.
-  x0_b, traj_b = sampling.sample(model, sched, shape, jax.random.key(0), return_every=7)
+  x0_b, traj_b = sampling.ancestral_sample(sched, model_fn=model, shape=shape, key=jax.random.key(0), return_every=7)
   np.testing.assert_array_equal(traj_b.timesteps, np.arange(49, -1, -7))
   np.testing.assert_allclose(traj_b.x_t, traj.x_t[::7], rtol=1e-6)
   np.testing.assert_allclose(x0_b, x0, rtol=1e-6)
-  np.testing.assert_allclose(sampling.sample(model, sched, shape, jax.random.key(0)), x0, rtol=1e-6)
+  np.testing.assert_allclose(
+      sampling.ancestral_sample(sched, model_fn=model, shape=shape, key=jax.random.key(0)), x0, rtol=1e-6)
   # Clipping keeps every x_0 prediction in [-1, 1].
   assert float(jnp.abs(traj.pred_xstart).max()) <= 1.0
 
@@ -113,13 +124,17 @@ def test_ddim_eta0_is_a_function_of_x_T_alone():
   """With eta = 0 two different keys give the same samples from the same x_T; with eta > 0 they do not."""
   model = lambda x, t: 0.2 * x
   x_T = jax.random.normal(jax.random.key(7), (8, 2))
-  draw = lambda key, eta: sampling.ddim_sample(model, SCHED, (8, 2), key, num_steps=20, eta=eta, x_T=x_T)
+  draw = lambda key, eta: sampling.ddim_sample(
+      SCHED, model_fn=model, shape=(8, 2), key=key, timesteps=schedules.sampling_timesteps(
+          BETAS, num_steps=20), eta=eta,
+      x_T=x_T)
   np.testing.assert_array_equal(draw(jax.random.key(1), 0.0), draw(jax.random.key(2), 0.0))
   assert not np.allclose(draw(jax.random.key(1), 0.5), draw(jax.random.key(2), 0.5))
   assert not np.allclose(draw(jax.random.key(1), 0.0),
-                         sampling.ddim_sample(model, SCHED, (8, 2), jax.random.key(1), num_steps=20))
+                         sampling.ddim_sample(SCHED, model_fn=model, shape=(8, 2), key=jax.random.key(1),
+                                              timesteps=schedules.sampling_timesteps(BETAS, num_steps=20)))
   with pytest.raises(ValueError, match="x_T must have the samples' shape"):
-    sampling.ddim_sample(model, SCHED, (8, 2), jax.random.key(1), x_T=x_T[:4])
+    sampling.ddim_sample(SCHED, model_fn=model, shape=(8, 2), key=jax.random.key(1), x_T=x_T[:4])
 
 
 C = np.array([0.3, -0.7, 0.9])  # the data: every example is this point
@@ -143,10 +158,11 @@ def test_ddim_trajectory_of_point_mass_data_is_the_closed_form(mean_type, spacin
   visited t, with e = x_T's own noise, and it ends exactly at C; float64 closed form, every mean type. On the
   trailing spacing (999, 932, 866, ..., 66, then the clean data: gaps of 66 and 67) each next step comes from
   the list, not a stride."""
-  visited = schedules.sampling_timesteps(BETAS, 15, spacing)
+  visited = schedules.sampling_timesteps(BETAS, num_steps=15, spacing=spacing)
   x_T = jax.random.normal(jax.random.key(3), (5, 3))
-  x0, traj = sampling.ddim_sample(point_mass_model(mean_type), SCHED, (5, 3), jax.random.key(0), timesteps=visited,
-                                  model_mean_type=mean_type, clip_denoised=False, return_every=1, x_T=x_T)
+  x0, traj = sampling.ddim_sample(
+      SCHED, model_fn=point_mass_model(mean_type), shape=(5, 3), key=jax.random.key(0), timesteps=visited,
+      model_mean_type=mean_type, clip_denoised=False, return_every=1, x_T=x_T)
   np.testing.assert_array_equal(traj.timesteps, visited)
   abar = ABAR[visited][:, None, None]
   e = (np.asarray(x_T, np.float64) - np.sqrt(abar[0]) * C) / np.sqrt(1 - abar[0])
@@ -163,7 +179,8 @@ def _count_traces(T_):
     return 0.1 * x
 
   sched = schedules.make_schedule(schedules.get_beta_schedule("linear", num_diffusion_steps=T_))
-  jaxpr = jax.make_jaxpr(lambda k: sampling.sample(model, sched, (2, 3), k))(jax.random.key(0))
+  jaxpr = jax.make_jaxpr(lambda k: sampling.ancestral_sample(
+      sched, model_fn=model, shape=(2, 3), key=k))(jax.random.key(0))
   return count[0], len(jaxpr.eqns)
 
 
@@ -173,12 +190,14 @@ def test_step_body_traced_once_and_program_size_independent_of_T():
 
 def test_params_as_argument_grad_and_vmap():
   shape = (6, 2)
-  sched = schedules.make_schedule(schedules.get_beta_schedule("linear", num_diffusion_steps=100))
+  sched_betas = schedules.get_beta_schedule("linear", num_diffusion_steps=100)
+  sched = schedules.make_schedule(sched_betas)
 
   @jax.jit
   def draw(params, key):
-    return sampling.ddim_sample(lambda x, t: params["w"] * x + params["b"], sched, shape, key,
-                                num_steps=10, clip_denoised=False)
+    return sampling.ddim_sample(
+        sched, model_fn=lambda x, t: params["w"] * x + params["b"], shape=shape, key=key,
+        timesteps=schedules.sampling_timesteps(sched_betas, num_steps=10), clip_denoised=False)
 
   params = {"w": jnp.float32(0.3), "b": jnp.float32(0.1)}
   x = draw(params, jax.random.key(0))
@@ -195,17 +214,29 @@ def test_learned_range_and_other_mean_types_sample():
   sched = schedules.make_schedule(schedules.get_beta_schedule("cosine", num_diffusion_steps=50))
   model = lambda x, t: jnp.concatenate([0.5 * x, jnp.tanh(x)], -1)
   for mean_type in ["eps", "xstart", "v"]:
-    x = sampling.sample(model, sched, (4, 2, 2, 3), jax.random.key(0), model_mean_type=mean_type,
-                        model_var_type="learned_range")
+    x = sampling.ancestral_sample(
+        sched, model_fn=model, shape=(4, 2, 2, 3), key=jax.random.key(0), model_mean_type=mean_type,
+        model_var_type="learned_range")
     assert x.shape == (4, 2, 2, 3) and np.all(np.isfinite(x))
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda: sampling.sample(lambda x, t: x, SCHED, (4,), jax.random.key(0)), "shape"),
-    (lambda: sampling.sample(lambda x, t: x, SCHED, (4, 2), jax.random.key(0), model_var_type="x"), "model_var_type"),
-    (lambda: sampling.sample(lambda x, t: x, SCHED, (4, 2), jax.random.key(0), return_every=0), "return_every"),
-    (lambda: sampling.ddim_sample(lambda x, t: x, SCHED, (4, 2), jax.random.key(0), eta=-1.0), "eta"),
-    (lambda: sampling.ddim_sample(lambda x, t: x, SCHED, (4, 2), jax.random.key(0), num_steps=0), "num_steps"),
+    (lambda: sampling.ancestral_sample(SCHED, model_fn=lambda x, t: x, shape=(4,), key=jax.random.key(0)), "shape"),
+    (
+        lambda: sampling.ancestral_sample(
+            SCHED, model_fn=lambda x, t: x, shape=(4, 2), key=jax.random.key(0), model_var_type="x"),
+        "model_var_type"),
+    (
+        lambda: sampling.ancestral_sample(
+            SCHED, model_fn=lambda x, t: x, shape=(4, 2), key=jax.random.key(0), return_every=0),
+        "return_every"),
+    (
+        lambda: sampling.ddim_sample(SCHED, model_fn=lambda x, t: x, shape=(4, 2), key=jax.random.key(0), eta=-1.0),
+        "eta"),
+    (
+        lambda: sampling.ddim_sample(SCHED, model_fn=lambda x, t: x, shape=(4, 2), key=jax.random.key(0),
+                                     timesteps=[0, 500, 999]),
+        "sampling order"),
 ])
 def test_bad_input_raises(call, match):
   with pytest.raises(ValueError, match=match):
@@ -219,8 +250,11 @@ def test_ddim_clips_the_predicted_x0_when_asked(clip):
   shape = (4, 3)
   for mean_type, model in [("xstart", lambda x, t: jnp.full_like(x, 5.0)),
                            ("eps", lambda x, t: jnp.zeros_like(x))]:
-    out = sampling.ddim_sample(model, SCHED, shape, jax.random.key(0), num_steps=10, model_mean_type=mean_type,
-                               clip_denoised=clip)
+    out = sampling.ddim_sample(
+        SCHED, model_fn=model, shape=shape, key=jax.random.key(0), timesteps=schedules.sampling_timesteps(
+            BETAS, num_steps=10),
+        model_mean_type=mean_type,
+        clip_denoised=clip)
     if mean_type == "xstart":
       np.testing.assert_allclose(out, np.full(shape, 1.0 if clip else 5.0), rtol=1e-6)
     else:  # eps = 0: x_0 = x_T / sqrt(abar_T), ~150 x_T; clipped it cannot leave [-1, 1]
@@ -249,8 +283,10 @@ def test_guidance_on_a_class_conditional_gaussian_oracle():
   """w = 1 samples each class's exact sampler law; the null label (w = 0) the mixture's mean and variance;
   within 5 standard errors of 100k scalars (about 33k per class)."""
   labels = jnp.arange(N_ROWS) % 3
-  draw = lambda w, key: sampling.sample(sampling.classifier_free_guidance(class_gaussian_oracle, labels, 3, w), SCHED,
-                                        (N_ROWS, N_DIMS), key, model_var_type="fixed_small", clip_denoised=False)
+  draw = lambda w, key: sampling.ancestral_sample(
+      SCHED,
+      model_fn=sampling.classifier_free_guidance(class_gaussian_oracle, labels=labels, null_label=3, guidance_scale=w),
+      shape=(N_ROWS, N_DIMS), key=key, model_var_type="fixed_small", clip_denoised=False)
   x = np.asarray(draw(1.0, jax.random.key(11)))
   for k in range(3):
     rows = x[np.asarray(labels) == k]
@@ -272,18 +308,24 @@ def _labelled(x, t, y):
   return 0.1 * x + 0.05 * (y.astype(x.dtype) - 1.5)[:, None] * jnp.cos(t.astype(x.dtype) / 10)[:, None]
 
 
-SOLVER_TABLE = sampling.solver_table(BETAS, schedules.sampling_timesteps(BETAS, 20, "logsnr"), solver="unipc")
+SOLVER_TABLE = solvers.solver_table(
+    BETAS, timesteps=schedules.sampling_timesteps(BETAS, num_steps=20, spacing="logsnr"), solver="unipc")
 
 
 @pytest.mark.parametrize("sampler", ["ancestral", "ddim", "unipc"])
 def test_guidance_scales_one_and_zero_are_the_conditional_and_the_null_label_samplers(sampler):
   labels = jnp.array([0, 1, 2, 1])
-  run = {"ancestral": lambda fn: sampling.sample(fn, SCHED, (4, 3), jax.random.key(0)),
-         "ddim": lambda fn: sampling.ddim_sample(fn, SCHED, (4, 3), jax.random.key(0), num_steps=20, eta=0.5),
-         "unipc": lambda fn: sampling.solver_sample(fn, SOLVER_TABLE, (4, 3), jax.random.key(0))}[sampler]
-  np.testing.assert_array_equal(run(sampling.classifier_free_guidance(_labelled, labels, 3, 1.0)),
+  key = jax.random.key(0)
+  ddim_steps = schedules.sampling_timesteps(BETAS, num_steps=20)
+  run = {"ancestral": lambda fn: sampling.ancestral_sample(SCHED, model_fn=fn, shape=(4, 3), key=key),
+         "ddim": lambda fn: sampling.ddim_sample(SCHED, model_fn=fn, shape=(4, 3), key=key, timesteps=ddim_steps,
+                                                 eta=0.5),
+         "unipc": lambda fn: solvers.solver_sample(SOLVER_TABLE, model_fn=fn, shape=(4, 3), key=key)}[sampler]
+  np.testing.assert_array_equal(run(sampling.classifier_free_guidance(
+      _labelled, labels=labels, null_label=3, guidance_scale=1.0)),
                                 run(lambda x, t: _labelled(x, t, labels)))
-  np.testing.assert_array_equal(run(sampling.classifier_free_guidance(_labelled, labels, 3, 0.0)),
+  np.testing.assert_array_equal(run(sampling.classifier_free_guidance(
+      _labelled, labels=labels, null_label=3, guidance_scale=0.0)),
                                 run(lambda x, t: _labelled(x, t, jnp.full_like(labels, 3))))
 
 
@@ -296,15 +338,17 @@ def test_guided_output_combines_both_predictions_from_one_call():
 
   x, t, labels = jax.random.normal(jax.random.key(0), (4, 3)), jnp.array([5, 9, 40, 2]), jnp.array([0, 1, 2, 1])
   null = jnp.full_like(labels, 3)
-  out = sampling.classifier_free_guidance(network, labels, 3, 2.5, learned_variance=True)(x, t)
+  out = sampling.classifier_free_guidance(
+      network, labels=labels, null_label=3, guidance_scale=2.5, learned_variance=True)(x, t)
   assert calls == [8]  # one call on the doubled batch
-  sampling.classifier_free_guidance(network, labels, 3, 1.0, learned_variance=True)(x, t)
+  sampling.classifier_free_guidance(
+      network, labels=labels, null_label=3, guidance_scale=1.0, learned_variance=True)(x, t)
   assert calls == [8, 4]  # w = 1: the conditional network alone
   cond, uncond = network(x, t, labels), network(x, t, null)
   np.testing.assert_allclose(out[:, :3], uncond[:, :3] + 2.5 * (cond[:, :3] - uncond[:, :3]), rtol=1e-6)
   np.testing.assert_array_equal(out[:, 3:], cond[:, 3:])  # the variance is the conditional one's
-  plain = sampling.classifier_free_guidance(_labelled, labels, 3, 4.0)(x, t)
+  plain = sampling.classifier_free_guidance(_labelled, labels=labels, null_label=3, guidance_scale=4.0)(x, t)
   np.testing.assert_allclose(plain, _labelled(x, t, null) + 4.0 * (_labelled(x, t, labels) - _labelled(x, t, null)),
                              rtol=1e-6)
   with pytest.raises(ValueError, match="guidance_scale = -1.0 is invalid"):
-    sampling.classifier_free_guidance(_labelled, labels, 3, -1.0)
+    sampling.classifier_free_guidance(_labelled, labels=labels, null_label=3, guidance_scale=-1.0)

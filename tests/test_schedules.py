@@ -59,9 +59,10 @@ def test_other_schedules():
     (lambda: schedules.get_beta_schedule("custom", num_diffusion_steps=2, betas=[0.1, np.nan]), r"\(0, 1\]"),
     (lambda: schedules.get_beta_schedule("custom", num_diffusion_steps=3, betas=[0.1, 0.2]), r"shape"),
     (lambda: schedules.get_beta_schedule("cosine", num_diffusion_steps=10, beta_end=0.1), "beta_end"),
-    (lambda: schedules.space_timesteps(10, 11), "num_steps"),
-    (lambda: schedules.respace_betas(np.full(10, 0.1), [3, 3]), "strictly increasing"),
-    (lambda: schedules.respace_betas(np.full(10, 0.1), [0, 10]), r"\[0, 10\)"),
+    (lambda: schedules.sampling_timesteps(np.full(10, 0.1), num_steps=11), "num_steps"),
+    (lambda: schedules.respace_betas(np.full(10, 0.1), timesteps=[3, 3]), "strictly decreasing"),
+    (lambda: schedules.respace_betas(np.full(10, 0.1), timesteps=[0, 5]), "sampling order"),
+    (lambda: schedules.respace_betas(np.full(10, 0.1), timesteps=[10, 0]), r"\[0, T = 10\)"),
 ])
 def test_bad_input_raises(call, match):
   with pytest.raises(ValueError, match=match):
@@ -112,20 +113,22 @@ def test_posterior_coefficients_equal_bayes_product_of_gaussians():
     np.testing.assert_allclose(buf["posterior_variance"][t], var, rtol=1e-10, atol=1e-300)
 
 
-def test_space_timesteps_and_respace():
-  np.testing.assert_array_equal(schedules.space_timesteps(1000, 1), [999])
-  kept = schedules.space_timesteps(1000, 50)
-  assert kept[0] == 0 and kept[-1] == 999 and len(np.unique(kept)) == 50
-  np.testing.assert_array_equal(schedules.space_timesteps(10, 10), np.arange(10))
+def test_linspace_timesteps_and_respace():
   betas = schedules.get_beta_schedule("linear", num_diffusion_steps=1000)
-  new_betas = schedules.respace_betas(betas, kept)
-  # The respaced process has exactly the kept alphas_cumprod.
-  np.testing.assert_allclose(ref.alphas_cumprod(new_betas), ref.alphas_cumprod(betas)[kept], rtol=1e-12)
-  s = schedules.respace(betas, kept)
-  assert s.num_steps == 50
-  np.testing.assert_array_equal(s.timesteps, kept)
+  np.testing.assert_array_equal(schedules.sampling_timesteps(betas, num_steps=1), [999])
+  kept = schedules.sampling_timesteps(betas, num_steps=50)  # sampling order: decreasing
+  assert kept[0] == 999 and kept[-1] == 0 and (np.diff(kept) < 0).all()
+  np.testing.assert_array_equal(schedules.sampling_timesteps(betas[:10], num_steps=10), np.arange(9, -1, -1))
+  new_betas = schedules.respace_betas(betas, timesteps=kept)
+  # The respaced process has exactly the kept alphas_cumprod, its steps in increasing order.
+  ascending = kept[::-1]
+  np.testing.assert_allclose(ref.alphas_cumprod(new_betas), ref.alphas_cumprod(betas)[ascending], rtol=1e-12)
+  s = schedules.respace(betas, timesteps=kept)
+  assert s.num_diffusion_steps == 50
+  np.testing.assert_array_equal(s.timesteps, ascending)  # step i of the respaced process stands for ascending[i]
   # Respacing onto every step is the identity.
-  np.testing.assert_allclose(schedules.respace_betas(betas, np.arange(1000)), betas, rtol=1e-9)
+  every = np.arange(999, -1, -1)
+  np.testing.assert_allclose(schedules.respace_betas(betas, timesteps=every), betas, rtol=1e-9)
 
 
 @pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
@@ -136,18 +139,20 @@ def test_uniform_spacings_are_diffusers_conventions(spacing, T, n):
   scheduler = diffusers.DDIMScheduler(num_train_timesteps=T, timestep_spacing=spacing)
   scheduler.set_timesteps(n)
   betas = schedules.get_beta_schedule("linear", num_diffusion_steps=T)
-  np.testing.assert_array_equal(schedules.sampling_timesteps(betas, n, spacing), scheduler.timesteps.numpy())
+  np.testing.assert_array_equal(
+      schedules.sampling_timesteps(betas, num_steps=n, spacing=spacing), scheduler.timesteps.numpy())
 
 
 def test_trailing_starts_at_T_minus_1_and_every_spacing_is_strictly_decreasing():
   betas = schedules.get_beta_schedule("cosine", num_diffusion_steps=1000)
   for n in [1, 2, 3, 7, 10, 20, 100, 999, 1000]:
-    assert schedules.sampling_timesteps(betas, n, "trailing")[0] == 999
+    assert schedules.sampling_timesteps(betas, num_steps=n, spacing="trailing")[0] == 999
     for spacing in schedules.SPACINGS:
-      ts = schedules.sampling_timesteps(betas, n, spacing)
+      ts = schedules.sampling_timesteps(betas, num_steps=n, spacing=spacing)
       assert ts.shape == (n,) and ts.min() >= 0 and ts.max() <= 999 and np.all(np.diff(ts) < 0), (spacing, n)
   for spacing in schedules.SPACINGS:
-    np.testing.assert_array_equal(schedules.sampling_timesteps(betas, 1000, spacing), np.arange(999, -1, -1))
+    np.testing.assert_array_equal(
+        schedules.sampling_timesteps(betas, num_steps=1000, spacing=spacing), np.arange(999, -1, -1))
 
 
 def test_logsnr_spacing_is_uniform_in_log_snr():
@@ -156,7 +161,7 @@ def test_logsnr_spacing_is_uniform_in_log_snr():
   betas = schedules.get_beta_schedule("linear", num_diffusion_steps=1000)
   abar = ref.alphas_cumprod(betas)
   lam = 0.5 * np.log(abar / (1 - abar))
-  ts = schedules.sampling_timesteps(betas, 20, "logsnr")
+  ts = schedules.sampling_timesteps(betas, num_steps=20, spacing="logsnr")
   assert ts[0] == 999 and ts[-1] == 0
   target = np.linspace(lam[999], lam[0], 20)
   rounding = 0.5 * np.abs(lam[np.maximum(ts - 1, 0)] - lam[np.minimum(ts + 1, 999)])
@@ -167,7 +172,7 @@ def test_logsnr_spacing_is_uniform_in_log_snr():
 def test_quadratic_spacing():
   betas = schedules.get_beta_schedule("linear", num_diffusion_steps=1000)
   i = np.arange(10)
-  np.testing.assert_array_equal(schedules.sampling_timesteps(betas, 10, "quadratic"),
+  np.testing.assert_array_equal(schedules.sampling_timesteps(betas, num_steps=10, spacing="quadratic"),
                                 np.round(999 * (i / 9) ** 2)[::-1])
-  dense = schedules.sampling_timesteps(betas, 100, "quadratic")  # collisions near 0 pushed apart
+  dense = schedules.sampling_timesteps(betas, num_steps=100, spacing="quadratic")  # collisions near 0 pushed apart
   np.testing.assert_array_equal(dense[-4:], [3, 2, 1, 0])

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import sampling, schedules
+from diffusion_jax import sampling, schedules, solvers
 
 T = 1000
 BETAS = schedules.get_beta_schedule("linear", num_diffusion_steps=T)
@@ -55,26 +55,29 @@ CASES = [(7, "linspace"), (10, "trailing"), (20, "logsnr")]  # 7 and 10 < 15: di
 
 @pytest.mark.parametrize("n, spacing", CASES)
 @pytest.mark.parametrize("order", [1, 2, 3])
-@pytest.mark.parametrize("solver", sampling.SOLVERS)
+@pytest.mark.parametrize("solver", solvers.SOLVERS)
 def test_trajectory_equals_diffusers_scheduler(solver, order, n, spacing):
-  timesteps = schedules.sampling_timesteps(BETAS, n, spacing)
+  timesteps = schedules.sampling_timesteps(BETAS, num_steps=n, spacing=spacing)
   x_T = jax.random.normal(jax.random.key(n), (2, 4, 4, 3))
   clip = spacing != "logsnr"
   want_states, want = _diffusers_trajectory(solver, order, timesteps, x_T, clip)
-  table = sampling.solver_table(BETAS, timesteps, solver=solver, order=order)
-  got, traj = jax.jit(lambda tab, k: sampling.solver_sample(jax_model, tab, x_T.shape, k, clip_denoised=clip,
-                                                            return_every=1, x_T=x_T))(table, jax.random.key(0))
+  table = solvers.solver_table(BETAS, timesteps=timesteps, solver=solver, order=order)
+  got, traj = jax.jit(
+      lambda tab,
+      k: solvers.solver_sample(
+          tab, model_fn=jax_model, shape=x_T.shape, key=k, clip_denoised=clip, return_every=1, x_T=x_T))(
+              table, jax.random.key(0))
   np.testing.assert_array_equal(traj.timesteps, timesteps)
   np.testing.assert_allclose(traj.x_t, want_states, atol=1e-5)
   np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 @pytest.mark.parametrize("mean_type, prediction_type", [("v", "v_prediction"), ("xstart", "sample")])
-@pytest.mark.parametrize("solver", sampling.SOLVERS)
+@pytest.mark.parametrize("solver", solvers.SOLVERS)
 def test_other_parameterisations_equal_diffusers(solver, mean_type, prediction_type):
   """The network's v or x_0 turned into the data prediction as diffusers' `prediction_type` does."""
   torch = pytest.importorskip("torch")
-  timesteps = schedules.sampling_timesteps(BETAS, 12, "trailing")
+  timesteps = schedules.sampling_timesteps(BETAS, num_steps=12, spacing="trailing")
   x_T = jax.random.normal(jax.random.key(1), (2, 4, 4, 3))
 
   def output(lib, abar, x):  # v = alpha eps - sigma x_0, with x_0 = (x - sigma eps) / alpha
@@ -85,20 +88,23 @@ def test_other_parameterisations_equal_diffusers(solver, mean_type, prediction_t
   torch_model = lambda x, t: output(torch, torch.tensor(ABAR[t], dtype=torch.float32), x)
   _, want = _diffusers_trajectory(solver, 2, timesteps, x_T, True, prediction_type, torch_model)
   model = lambda x, t: output(jnp, SCHED.alphas_cumprod[t][:, None, None, None], x)
-  got = sampling.solver_sample(model, sampling.solver_table(BETAS, timesteps, solver=solver), x_T.shape,
-                               jax.random.key(0), model_mean_type=mean_type, x_T=x_T)
+  got = solvers.solver_sample(
+      solvers.solver_table(BETAS, timesteps=timesteps, solver=solver), model_fn=model, shape=x_T.shape,
+      key=jax.random.key(0), model_mean_type=mean_type, x_T=x_T)
   np.testing.assert_allclose(got, want, atol=1e-5)
 
 
 @pytest.mark.parametrize("spacing", ["linspace", "trailing", "logsnr"])
 @pytest.mark.parametrize("clip", [True, False])
 def test_dpm_solver_pp_of_order_one_is_ddim_with_eta_zero(spacing, clip):
-  timesteps = schedules.sampling_timesteps(BETAS, 15, spacing)
+  timesteps = schedules.sampling_timesteps(BETAS, num_steps=15, spacing=spacing)
   x_T = jax.random.normal(jax.random.key(2), (8, 3))
-  ddim, ddim_traj = sampling.ddim_sample(jax_model, SCHED, (8, 3), jax.random.key(0), timesteps=timesteps,
-                                         clip_denoised=clip, return_every=1, x_T=x_T)
-  dpm, dpm_traj = sampling.solver_sample(jax_model, sampling.solver_table(BETAS, timesteps, order=1), (8, 3),
-                                         jax.random.key(0), clip_denoised=clip, return_every=1, x_T=x_T)
+  ddim, ddim_traj = sampling.ddim_sample(
+      SCHED, model_fn=jax_model, shape=(8, 3), key=jax.random.key(0), timesteps=timesteps, clip_denoised=clip,
+      return_every=1, x_T=x_T)
+  dpm, dpm_traj = solvers.solver_sample(
+      solvers.solver_table(BETAS, timesteps=timesteps, order=1), model_fn=jax_model, shape=(8, 3),
+      key=jax.random.key(0), clip_denoised=clip, return_every=1, x_T=x_T)
   np.testing.assert_allclose(dpm_traj.x_t, ddim_traj.x_t, rtol=1e-5, atol=1e-5)
   # x_0 = (x - sigma eps) / alpha amplifies float32 rounding by 1/alpha (156 at t = 999): compare alpha x_0.
   alpha = np.sqrt(ABAR[timesteps])[:, None, None]
@@ -113,12 +119,13 @@ C = np.array([0.3, -0.7, 0.9])  # point-mass data: every example is C
 def test_point_mass_data_follows_the_closed_form_at_every_visited_step(solver, order):
   """The data prediction is C at every (x_t, t), so the exact flow x_t = alpha_t C + sigma_t e (e: x_T's noise)
   is what every order must give, on the trailing spacing (t_0 = T - 1, each next step from the table)."""
-  timesteps = schedules.sampling_timesteps(BETAS, 10, "trailing")
+  timesteps = schedules.sampling_timesteps(BETAS, num_steps=10, spacing="trailing")
   assert timesteps[0] == T - 1
   x_T = jax.random.normal(jax.random.key(3), (5, 3))
   model = lambda x, t: (x - SCHED.sqrt_alphas_cumprod[t][:, None] * C) / SCHED.sqrt_one_minus_alphas_cumprod[t][:, None]
-  x0, traj = sampling.solver_sample(model, sampling.solver_table(BETAS, timesteps, solver=solver, order=order),
-                                    (5, 3), jax.random.key(0), clip_denoised=False, return_every=1, x_T=x_T)
+  x0, traj = solvers.solver_sample(
+      solvers.solver_table(BETAS, timesteps=timesteps, solver=solver, order=order), model_fn=model, shape=(5, 3),
+      key=jax.random.key(0), clip_denoised=False, return_every=1, x_T=x_T)
   abar = ABAR[timesteps][:, None, None]
   e = (np.asarray(x_T, np.float64) - np.sqrt(abar[0]) * C) / np.sqrt(1 - abar[0])
   np.testing.assert_allclose(traj.x_t, np.sqrt(abar) * C + np.sqrt(1 - abar) * e, atol=2e-5)
@@ -147,21 +154,22 @@ def test_error_of_the_sampled_law_falls_at_the_solvers_order(solver, order, min_
   errors = []
   ns = [20, 40, 80, 160]
   with jax.enable_x64(True):
-    sched = schedules.make_schedule(betas, jnp.float64)
+    sched = schedules.make_schedule(betas, dtype=jnp.float64)
 
     def oracle(x, t):
       a = sched.alphas_cumprod[t][:, None]
       return jnp.sqrt(1 - a) * (x - jnp.sqrt(a) * M) / (a * S * S + 1 - a)
 
     for n in ns:
-      ts = schedules.sampling_timesteps(betas, n, "logsnr")
+      ts = schedules.sampling_timesteps(betas, num_steps=n, spacing="logsnr")
       x_T = jnp.array([[0.0], [1.0]])
       if solver == "ddim":
-        out = sampling.ddim_sample(oracle, sched, (2, 1), jax.random.key(0), timesteps=ts, clip_denoised=False,
-                                   x_T=x_T)
+        out = sampling.ddim_sample(
+            sched, model_fn=oracle, shape=(2, 1), key=jax.random.key(0), timesteps=ts, clip_denoised=False, x_T=x_T)
       else:
-        table = sampling.solver_table(betas, ts, solver=solver, order=order, dtype=jnp.float64)
-        out = sampling.solver_sample(oracle, table, (2, 1), jax.random.key(0), clip_denoised=False, x_T=x_T)
+        table = solvers.solver_table(betas, timesteps=ts, solver=solver, order=order, dtype=jnp.float64)
+        out = solvers.solver_sample(
+            table, model_fn=oracle, shape=(2, 1), key=jax.random.key(0), clip_denoised=False, x_T=x_T)
       b, A = float(out[0, 0]), float(out[1, 0] - out[0, 0])
       mean, sd = b + A * np.sqrt(abar[ts[0]]) * M, abs(A) * r(ts[0])
       errors.append(np.hypot(mean - M, sd - np.sqrt(abar[ts[-1]]) * S * S / r(ts[-1])))
@@ -177,14 +185,15 @@ def _program(solver, n):
     count[0] += 1
     return 0.1 * x
 
-  table = sampling.solver_table(BETAS, schedules.sampling_timesteps(BETAS, n, "trailing"), solver=solver, order=3)
-  draw = jax.jit(lambda tab, k: sampling.solver_sample(model, tab, (4, 8, 8, 3), k))
+  table = solvers.solver_table(
+      BETAS, timesteps=schedules.sampling_timesteps(BETAS, num_steps=n, spacing="trailing"), solver=solver, order=3)
+  draw = jax.jit(lambda tab, k: solvers.solver_sample(tab, model_fn=model, shape=(4, 8, 8, 3), key=k))
   lowered = draw.lower(table, jax.random.key(0))
   temp = lowered.compile().memory_analysis().temp_size_in_bytes
   return count[0], len(jax.make_jaxpr(draw)(table, jax.random.key(0)).eqns), temp
 
 
-@pytest.mark.parametrize("solver", sampling.SOLVERS)
+@pytest.mark.parametrize("solver", solvers.SOLVERS)
 def test_program_and_memory_do_not_grow_with_the_number_of_steps(solver):
   """One trace of the network, the same program and the same scratch memory for 10 and 500 steps: the steps
   are the scan's length and the table's leading axis, nothing else."""
@@ -193,22 +202,27 @@ def test_program_and_memory_do_not_grow_with_the_number_of_steps(solver):
 
 
 def test_a_learned_range_output_is_refused():
-  table = sampling.solver_table(BETAS, schedules.sampling_timesteps(BETAS, 5, "trailing"))
+  table = solvers.solver_table(BETAS, timesteps=schedules.sampling_timesteps(BETAS, num_steps=5, spacing="trailing"))
   with pytest.raises(ValueError, match=r"returned shape \(4, 6\) for x_t of shape \(4, 3\).*mean output only"):
-    sampling.solver_sample(lambda x, t: jnp.concatenate([x, x], -1), table, (4, 3), jax.random.key(0))
+    solvers.solver_sample(
+        table, model_fn=lambda x, t: jnp.concatenate([x, x], -1), shape=(4, 3), key=jax.random.key(0))
 
 
 @pytest.mark.parametrize("call, match", [
-    (lambda: sampling.solver_table(BETAS, [999, 500, 0], solver="dpm_solver"), "solver = 'dpm_solver' is unknown"),
-    (lambda: sampling.solver_table(BETAS, [999, 500, 0], order=0), r"order = 0 is invalid; allowed: 1, 2 or 3"),
-    (lambda: sampling.solver_table(BETAS, [999, 500, 0], order=4), r"order = 4 is invalid"),
-    (lambda: sampling.solver_table(BETAS, [0, 500, 999]), "strictly decreasing"),
-    (lambda: sampling.solver_table(BETAS, [1000, 500, 0]), r"in \[0, T = 1000\)"),
-    (lambda: sampling.solver_table(BETAS, [999, 999, 0]), "strictly decreasing"),
-    (lambda: schedules.sampling_timesteps(BETAS, 1001, "trailing"), r"num_steps = 1001 is invalid.*\[1, T = 1000\]"),
-    (lambda: schedules.sampling_timesteps(BETAS, 10, "karras"), "spacing = 'karras' is unknown"),
-    (lambda: sampling.ddim_sample(jax_model, SCHED, (4, 3), jax.random.key(0), num_steps=5, timesteps=[9, 0]),
-     "not both"),
+    (
+        lambda: solvers.solver_table(BETAS, timesteps=[999, 500, 0], solver="dpm_solver"),
+        "solver = 'dpm_solver' is unknown"),
+    (
+        lambda: solvers.solver_table(BETAS, timesteps=[999, 500, 0], order=0),
+        r"order = 0 is invalid; allowed: 1, 2 or 3"),
+    (lambda: solvers.solver_table(BETAS, timesteps=[999, 500, 0], order=4), r"order = 4 is invalid"),
+    (lambda: solvers.solver_table(BETAS, timesteps=[0, 500, 999]), "strictly decreasing"),
+    (lambda: solvers.solver_table(BETAS, timesteps=[1000, 500, 0]), r"in \[0, T = 1000\)"),
+    (lambda: solvers.solver_table(BETAS, timesteps=[999, 999, 0]), "strictly decreasing"),
+    (
+        lambda: schedules.sampling_timesteps(BETAS, num_steps=1001, spacing="trailing"),
+        r"num_steps = 1001 is invalid.*\[1, T = 1000\]"),
+    (lambda: schedules.sampling_timesteps(BETAS, num_steps=10, spacing="karras"), "spacing = 'karras' is unknown"),
 ])
 def test_bad_input_raises(call, match):
   with pytest.raises(ValueError, match=match):

@@ -16,12 +16,12 @@ from typing import Any
 
 import ml_collections
 
-from diffusion_jax import diffusion, sampling, schedules
+from diffusion_jax import diffusion, sampling, schedules, solvers
 from diffusion_jax.checks import is_int
 from diffusion_jax.run import data
 
 MODELS = ("unet", "mlp")
-SAMPLERS = ("ancestral", "ddim", *sampling.SOLVERS)
+SAMPLERS = ("ancestral", "ddim", *solvers.SOLVERS)
 COMPUTE_DTYPES = ("float32", "bfloat16")
 ON_NONFINITE = ("error", "skip")
 QUALITY_METRICS = ("auto", "inception", "classifier", "energy")

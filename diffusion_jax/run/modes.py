@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from diffusion_jax import losses, sampling
+from diffusion_jax import losses, solvers
 from diffusion_jax.run import compiler, data, experiment, images, parallel, quality, sampler, transfer
 from diffusion_jax.run.experiment import Experiment
 from diffusion_jax.run.logs import Progress
@@ -154,7 +154,7 @@ def evaluate_quality(exp: Experiment, params: Any, step: int | None, workdir: st
     path = os.path.join(workdir, f"quality_{_tag(step)}.json")
     scorer.write(path, figures, step=step, pretrained=config.pretrained, sampler=config.sampling.sampler,
                  sampling_steps=sampler.sampling_steps(config), spacing=config.sampling.spacing,
-                 order=config.sampling.order if config.sampling.sampler in sampling.SOLVERS else None,
+                 order=config.sampling.order if config.sampling.sampler in solvers.SOLVERS else None,
                  use_ema=config.sampling.use_ema,
                  guidance_scales=None if K is None else scales)
     logging.info("Wrote %s", path)
@@ -186,15 +186,15 @@ def evaluate_bpd(exp: Experiment, params: Any, step: int | None, workdir: str) -
   """
   config = exp.config
   ec = config.eval
-  T = exp.schedule.num_steps
+  T = exp.schedule.num_diffusion_steps
   progress = Progress()
   conditional = experiment.num_classes(exp) is not None
 
   def bound(params: Any, schedule: Any, x: jax.Array, labels: jax.Array | None,
             key: jax.Array) -> losses.VariationalBound:
     return losses.variational_bound(
-        experiment.model_fn(exp.model, params, labels=labels), schedule, data.to_model_input(x), key,
-        model_mean_type=config.diffusion.model_mean_type, model_var_type=config.diffusion.model_var_type,
+        schedule, model_fn=experiment.model_fn(exp.model, params, labels=labels), x_start=data.to_model_input(x),
+        key=key, model_mean_type=config.diffusion.model_mean_type, model_var_type=config.diffusion.model_var_type,
         clip_denoised=False, timesteps_per_call=ec.timesteps_per_call, progress=progress)
 
   bound = compiler.jit(bound)

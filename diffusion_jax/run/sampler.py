@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffusion_jax import sampling, schedules
+from diffusion_jax import sampling, schedules, solvers
 from diffusion_jax.checks import ProgressFn
 from diffusion_jax.run import compiler, data, parallel
 from diffusion_jax.run.experiment import (
@@ -46,27 +46,29 @@ def make_sampler(exp: Experiment, batch_size: int, progress: ProgressFn | None =
   sc, dc = exp.config.sampling, exp.config.diffusion
   clip = sc.clip_denoised and exp.info.is_image
   timesteps = sampling_timesteps(exp)
-  steps: schedules.DiffusionSchedule | sampling.SolverTable = exp.schedule
-  if sc.sampler == "ancestral" and len(timesteps) != exp.schedule.num_steps:
-    steps = schedules.respace(exp.betas, timesteps[::-1])
-  elif sc.sampler in sampling.SOLVERS:
-    steps = sampling.solver_table(exp.betas, timesteps, solver=sc.sampler, order=sc.order)
+  steps: schedules.DiffusionSchedule | solvers.SolverTable = exp.schedule
+  if sc.sampler == "ancestral" and len(timesteps) != exp.schedule.num_diffusion_steps:
+    steps = schedules.respace(exp.betas, timesteps=timesteps)
+  elif sc.sampler in solvers.SOLVERS:
+    steps = solvers.solver_table(exp.betas, timesteps=timesteps, solver=sc.sampler, order=sc.order)
   K = num_classes(exp)
   w = sc.guidance_scale if guidance_scale is None else guidance_scale
 
-  def draw(params: Any, steps: schedules.DiffusionSchedule | sampling.SolverTable, key: jax.Array,
+  def draw(params: Any, steps: schedules.DiffusionSchedule | solvers.SolverTable, key: jax.Array,
            labels: jax.Array | None) -> jax.Array:
     if K is None:
       fn = model_fn(exp.model, params)
     else:
-      fn = sampling.classifier_free_guidance(labelled_model_fn(exp.model, params), labels, K, w,
-                                             learned_variance=dc.model_var_type == "learned_range")
+      fn = sampling.classifier_free_guidance(
+          labelled_model_fn(exp.model, params), labels=labels, null_label=K, guidance_scale=w,
+          learned_variance=dc.model_var_type == "learned_range")
     common = dict(model_mean_type=dc.model_mean_type, clip_denoised=clip, sharding=sharding, progress=progress)
     if sc.sampler == "ddim":
-      return sampling.ddim_sample(fn, steps, shape, key, timesteps=timesteps, eta=sc.eta, **common)
-    if sc.sampler in sampling.SOLVERS:
-      return sampling.solver_sample(fn, steps, shape, key, **common)
-    return sampling.sample(fn, steps, shape, key, model_var_type=dc.model_var_type, **common)
+      return sampling.ddim_sample(steps, model_fn=fn, shape=shape, key=key, timesteps=timesteps, eta=sc.eta, **common)
+    if sc.sampler in solvers.SOLVERS:
+      return solvers.solver_sample(steps, model_fn=fn, shape=shape, key=key, **common)
+    return sampling.ancestral_sample(
+        steps, model_fn=fn, shape=shape, key=key, model_var_type=dc.model_var_type, **common)
 
   jitted = compiler.jit(draw, out_shardings=sharding)
 
@@ -90,13 +92,14 @@ def sampling_steps(config: ml_collections.ConfigDict) -> int:
 
 def sampling_timesteps(exp: Experiment) -> np.ndarray:
   """The timesteps `config.sampling` visits (`num_steps` of `spacing`), first step first."""
-  return schedules.sampling_timesteps(exp.betas, sampling_steps(exp.config), exp.config.sampling.spacing)
+  return schedules.sampling_timesteps(
+      exp.betas, num_steps=sampling_steps(exp.config), spacing=exp.config.sampling.spacing)
 
 
 def describe_sampler(config: ml_collections.ConfigDict) -> str:
   """`config.sampling`'s sampler in words, e.g. `unipc (order 2), 20 logsnr steps`."""
   sc = config.sampling
-  order = f" (order {sc.order})" if sc.sampler in sampling.SOLVERS else ""
+  order = f" (order {sc.order})" if sc.sampler in solvers.SOLVERS else ""
   return f"{sc.sampler}{order}, {sampling_steps(config)} {sc.spacing} steps"
 
 

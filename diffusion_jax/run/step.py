@@ -61,7 +61,7 @@ def _one_step(state: TrainState, batch: dict[str, jax.Array], schedule: schedule
   x_start = data.to_model_input(batch["x"])
   key = jax.random.fold_in(jax.random.key(cfg.seed), state.step)
   t_key, noise_key, dropout_key = jax.random.split(key, 3)
-  t = jax.random.randint(t_key, x_start.shape[:1], 0, schedule.num_steps)
+  t = jax.random.randint(t_key, x_start.shape[:1], 0, schedule.num_diffusion_steps)
   noise = jax.random.normal(noise_key, x_start.shape)
   weights = None if cfg.timestep_weights is None else jnp.asarray(cfg.timestep_weights, jnp.float32)
   labels = None
@@ -70,8 +70,9 @@ def _one_step(state: TrainState, batch: dict[str, jax.Array], schedule: schedule
 
   def loss_fn(params: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
     terms = losses.training_losses(
-        model_fn(model, params, train=True, dropout_key=dropout_key, labels=labels), schedule, x_start, t, noise,
-        model_mean_type=cfg.model_mean_type, model_var_type=cfg.model_var_type, timestep_weights=weights)
+        schedule, model_fn=model_fn(model, params, train=True, dropout_key=dropout_key, labels=labels), x_start=x_start,
+        t=t, noise=noise, model_mean_type=cfg.model_mean_type, model_var_type=cfg.model_var_type,
+        timestep_weights=weights)
     return jnp.mean(terms["loss"]), terms
 
   (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
