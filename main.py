@@ -27,8 +27,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from diffusion_jax.run import config as config_lib
-from diffusion_jax.run import modes as evaluate
-from diffusion_jax.run import parallel, train
+from diffusion_jax.run import modes, parallel, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -97,8 +96,8 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_keep)
-  run = {"train": train.train_and_evaluate, "sample": evaluate.sample, "eval": evaluate.evaluate,
-         "export": lambda config, workdir: evaluate.export(config, workdir, FLAGS.export_dir)}[FLAGS.mode]
+  run = {"train": train.train_and_evaluate, "sample": modes.sample, "eval": modes.evaluate,
+         "export": lambda config, workdir: modes.export(config, workdir, FLAGS.export_dir)}[FLAGS.mode]
   try:
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     run(FLAGS.config, FLAGS.workdir)

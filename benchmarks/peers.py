@@ -37,8 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 import train_throughput  # noqa: E402
 from diffusion_jax import sampling, schedules  # noqa: E402
-from diffusion_jax.run import build as experiment
-from diffusion_jax.run import data
+from diffusion_jax.run import data, experiment
 
 
 def torch_side(ch: int, batch: int, sample_steps: int, dtype: str) -> dict:

@@ -31,9 +31,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 from configs import default  # noqa: E402
 from diffusion_jax import schedules
-from diffusion_jax.run import build as experiment
 from diffusion_jax.run import config as config_lib  # noqa: E402
-from diffusion_jax.run import data, parallel
+from diffusion_jax.run import data, experiment, parallel
 from diffusion_jax.run import step as step_lib  # noqa: E402
 
 WORKLOADS = {

@@ -5,9 +5,8 @@ import pytest
 
 from configs import default, tiny
 from diffusion_jax import schedules
-from diffusion_jax.run import build as experiment
 from diffusion_jax.run import config as config_lib
-from diffusion_jax.run import data
+from diffusion_jax.run import data, experiment
 from helpers import tiny_config
 
 

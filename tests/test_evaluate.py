@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 
 from diffusion_jax import losses, sampling, schedules, solvers
-from diffusion_jax.run import build as experiment
-from diffusion_jax.run import compiler, data
-from diffusion_jax.run import modes as evaluate
+from diffusion_jax.run import compiler, data, experiment, modes
 from helpers import tiny_config
 
 INFO = data.DatasetInfo("digits", (8, 8, 1), 10, True)
@@ -25,7 +23,7 @@ def test_a_padded_last_batch_gives_the_bits_per_dim_of_the_real_examples_only(da
   c.eval.num_examples = 0  # the whole split
   exp = experiment.build(c, info=INFO)
   params = _params(exp)
-  got = evaluate.evaluate_bpd(exp, params, 0, str(tmp_path))
+  got = modes.evaluate_bpd(exp, params, 0, str(tmp_path))
   source = data.image_source("digits", "test", data_dir)
   images = np.stack([np.asarray(source[i]["image"]) for i in range(len(source))])
   labels = np.array([int(source[i]["label"]) for i in range(len(source))])

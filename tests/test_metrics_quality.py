@@ -17,8 +17,7 @@ from PIL import Image
 import helpers
 from configs import toy2d
 from diffusion_jax import losses
-from diffusion_jax.run import build as experiment
-from diffusion_jax.run import classifier, data, quality, sampler, stats, train
+from diffusion_jax.run import classifier, data, experiment, quality, sampler, stats, train
 
 
 def _digits(data_dir, **overrides):

@@ -17,9 +17,8 @@ import diffusers_reference as ref
 import helpers
 from diffusion_jax import pretrained, schedules
 from diffusion_jax.models.unet import UNet
-from diffusion_jax.run import build as experiment
-from diffusion_jax.run import data, sampler, train, transfer
-from diffusion_jax.run import modes as evaluate
+from diffusion_jax.pretrained import names
+from diffusion_jax.run import data, experiment, modes, sampler, train, transfer
 from helpers import tiny_config
 
 TINY = os.path.join(ref.FIXTURES, "ddpm-tiny")
@@ -302,7 +301,7 @@ def test_main_samples_and_evaluates_from_a_diffusers_directory(data_dir, tmp_pat
   assert not np.array_equal(images, draw(experiment.init_state(exp.model, exp.tx, exp.info,
                                                               jax.random.key(0)).params))
   c.eval.quality_samples = 0
-  result = evaluate.evaluate(c, workdir)["bpd"]
+  result = modes.evaluate(c, workdir)["bpd"]
   assert result["pretrained"] == TINY and result["num_examples"] == 100 and np.isfinite(result["bpd"])
   assert os.path.exists(os.path.join(workdir, "eval_test_pretrained.json"))
 
@@ -337,8 +336,8 @@ def test_export_writes_the_fixture_back_tensor_for_tensor(data_dir, tmp_path):
   """--mode export from the fixture directory: the same tensors under the current names (no value changed), and
   a scheduler file that reads back as the same schedule."""
   c = _tiny_pretrained_config(data_dir)
-  out = evaluate.export(c, str(tmp_path / "w"), str(tmp_path / "export"))
-  original = {pretrained._modern_name(k): v for k, v in
+  out = modes.export(c, str(tmp_path / "w"), str(tmp_path / "export"))
+  original = {names.modern_name(k): v for k, v in
               pretrained.read_torch_bin(os.path.join(TINY, pretrained.WEIGHTS_BIN)).items()}
   chex.assert_trees_all_equal(pretrained.read_safetensors(os.path.join(out, pretrained.WEIGHTS_SAFETENSORS)),
                               original)

@@ -19,8 +19,7 @@ import numpy as np
 import pytest
 
 import helpers
-from diffusion_jax.run import data, trained
-from diffusion_jax.run import modes as evaluate
+from diffusion_jax.run import data, modes, trained
 
 PYTHON = helpers.readme_blocks("python")
 SMALL_PYTHON = {"num_diffusion_steps=1000": "num_diffusion_steps=50", "ch=128": "ch=32",
@@ -111,10 +110,10 @@ def test_export_and_its_reload(trained_workdir):
   export = [line for line in README.splitlines() if line.startswith("python main.py") and "--mode" in line][-2:]
   assert "--mode export" in export[0] and "--config.pretrained=workdirs/digits/diffusers" in export[1]
   config = trained.load(workdir).config
-  evaluate.export(config, workdir)
+  modes.export(config, workdir)
   config.pretrained = os.path.join(workdir, "diffusers")
   again = os.path.join(os.path.dirname(workdir), "digits_export")
-  from_export = np.load(evaluate.sample(config, again))["samples"]
+  from_export = np.load(modes.sample(config, again))["samples"]
   from_run = np.load(os.path.join(workdir, "samples_00000020.npz"))["samples"]
   np.testing.assert_array_equal(from_export, from_run[:len(from_export)])
   code = PYTHON[2]

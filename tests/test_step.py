@@ -11,8 +11,7 @@ import pytest
 import scipy.stats
 
 import reference as ref
-from diffusion_jax.run import build as experiment
-from diffusion_jax.run import data
+from diffusion_jax.run import data, experiment
 from diffusion_jax.run import step as step_lib
 from helpers import tiny_config
 

@@ -12,9 +12,7 @@ import numpy as np
 import pytest
 
 import helpers
-from diffusion_jax.run import build as experiment
-from diffusion_jax.run import data, sampler, train, trained
-from diffusion_jax.run import modes as evaluate
+from diffusion_jax.run import data, experiment, modes, sampler, train, trained
 from diffusion_jax.run import step as step_lib
 from helpers import tiny_config as _config
 
@@ -153,12 +151,12 @@ def test_load_reads_a_workdir_written_before_the_newer_keys(reference_run, tmp_p
 
 def test_sample_and_eval_modes(reference_run):
   config, workdir, _ = reference_run
-  path = evaluate.sample(config, workdir)
+  path = modes.sample(config, workdir)
   samples = np.load(path)["samples"]
   assert samples.shape == (10, 8, 8, 1) and samples.dtype == np.uint8  # sampling.labels "all": a row per class
   np.testing.assert_array_equal(np.load(path)["labels"], np.arange(10))
   assert os.path.exists(path.replace(".npz", ".png"))
-  both = evaluate.evaluate(config, workdir)
+  both = modes.evaluate(config, workdir)
   result = both["bpd"]
   assert result["num_examples"] == 100
   assert len(result["terms_bpd"]) == config.diffusion.num_diffusion_steps
@@ -175,7 +173,7 @@ def test_sample_mode_uses_the_parameters_it_is_told_to(reference_run, use_ema):
   config, workdir, state = reference_run
   c = _config(config.data.data_dir)
   c.sampling.use_ema = use_ema
-  written = np.load(evaluate.sample(c, workdir))
+  written = np.load(modes.sample(c, workdir))
   images, labels = written["samples"], written["labels"]
   exp = experiment.build(c)
   draw = lambda params: data.to_uint8(sampler.Sampler(exp, c.sampling.batch_size)(
@@ -188,10 +186,10 @@ def test_sample_mode_uses_the_parameters_it_is_told_to(reference_run, use_ema):
 def test_a_conditional_export_samples_as_its_run(reference_run, tmp_path):
   """configs/tiny.py is class-conditional: its export (with the label embedding) samples the run's own grid."""
   config, workdir, _ = reference_run
-  export = evaluate.export(config, workdir, str(tmp_path / "export"))
-  from_run = np.load(evaluate.sample(config, workdir))
+  export = modes.export(config, workdir, str(tmp_path / "export"))
+  from_run = np.load(modes.sample(config, workdir))
   c = _config(config.data.data_dir)
   c.pretrained = export
-  from_export = np.load(evaluate.sample(c, str(tmp_path / "w")))
+  from_export = np.load(modes.sample(c, str(tmp_path / "w")))
   np.testing.assert_array_equal(from_export["labels"], from_run["labels"])
   np.testing.assert_array_equal(from_export["samples"], from_run["samples"])

@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from diffusion_jax import files
+
 FEATURE_DIM = 2048
 SIZE = 299
 _EPS = 1e-3
@@ -400,8 +402,6 @@ def load_params(path: str | None, cache_dir: str | None = None, *, key: str = "e
   os.makedirs(cache_dir, exist_ok=True)
   out = os.path.join(cache_dir, f"inception-2015-12-05-{digest[:12]}.npz")
   if not os.path.exists(out):
-    tmp = f"{out}.{os.getpid()}.tmp.npz"
-    np.savez(tmp, **flatten(params))
-    os.replace(tmp, out)  # complete or absent
+    files.write_npz(out, flatten(params))
   return params
 

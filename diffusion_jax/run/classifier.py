@@ -20,6 +20,7 @@ import numpy as np
 import optax
 from absl import logging
 
+from diffusion_jax import files
 from diffusion_jax.checks import is_int
 
 FEATURE_DIM = 32
@@ -114,8 +115,5 @@ def load_or_train(path: str, image_shape: tuple[int, ...], num_classes: int,
   images, labels = train_data()
   logging.info("Training the feature classifier on %d images (once; cached at %s).", len(labels), path)
   params = train(images, labels, num_classes)
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = f"{path}.{os.getpid()}.tmp.npz"
-  np.savez(tmp, **_flat(params))
-  os.replace(tmp, path)  # complete or absent
+  files.write_npz(path, _flat(params))
   return params

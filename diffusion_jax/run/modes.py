@@ -8,7 +8,6 @@ read-only, or (sample and eval) from the diffusers-format directory
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Any
@@ -18,7 +17,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from diffusion_jax import losses, solvers
+from diffusion_jax import files, losses, solvers
 from diffusion_jax.run import compiler, data, experiment, images, parallel, quality, sampler, transfer
 from diffusion_jax.run.experiment import Experiment
 from diffusion_jax.run.logs import Progress
@@ -224,8 +223,7 @@ def evaluate_bpd(exp: Experiment, params: Any, step: int | None, workdir: str) -
             "terms_bpd": [float(v) for v in terms]}
   if jax.process_index() == 0:
     path = os.path.join(workdir, f"eval_{ec.split}_{_tag(step)}.json")
-    with open(path, "w") as f:
-      json.dump(result, f, indent=2)
+    files.write_json(path, result)
     logging.info("bits/dim on %s (%d examples, %s, %.0f s): %.4f; wrote %s", ec.split, int(count),
                  split_records(config, step), time.time() - start, result["bpd"], path)
   return result

@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -34,6 +33,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from diffusion_jax import files
 from diffusion_jax.metrics import inception, stats
 from diffusion_jax.run import classifier, compiler, data, parallel
 from diffusion_jax.run import config as config_lib
@@ -194,10 +194,7 @@ class Scorer:
       with np.load(path) as f:
         return Reference(f["mean"], f["cov"], f["features"])
     ref = self.train_statistics()
-    os.makedirs(self.cache_dir, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp.npz"
-    np.savez(tmp, mean=ref.mean, cov=ref.cov, features=ref.features)
-    os.replace(tmp, path)  # complete or absent
+    files.write_npz(path, {"mean": ref.mean, "cov": ref.cov, "features": ref.features})
     return ref
 
   def train_statistics(self, chunk: int = 2048) -> Reference:
@@ -273,8 +270,7 @@ class Scorer:
 
   def write(self, path: str, figures: dict[str, float], **extra: Any) -> None:
     """The figures, their baselines and `extra` as JSON."""
-    with open(path, "w") as f:
-      json.dump({"metric": self.metric, "num_samples": self.num_samples, "figures": figures,
-                 "baseline": self.baseline, "baseline_samples": self.baseline_samples,
-                 "baseline_draws": self.baseline_draws, **extra}, f, indent=2)
+    files.write_json(path, {"metric": self.metric, "num_samples": self.num_samples, "figures": figures,
+                            "baseline": self.baseline, "baseline_samples": self.baseline_samples,
+                            "baseline_draws": self.baseline_draws, **extra})
 

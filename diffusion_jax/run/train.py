@@ -62,14 +62,6 @@ def restore_or_init(exp: Experiment, ckpt: Checkpointer) -> TrainState:
   return init(jax.random.key(exp.config.seed), params)
 
 
-def _write_run_files(exp: Experiment, workdir: str) -> None:
-  """`config.json` and `dataset_info.json`: what `trained.load(workdir)` reads back."""
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      f.write(exp.config.to_json_best_effort(indent=2))
-    trained.write_dataset_info(exp.info, workdir)
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> TrainState:
   """Trains per `config` in `workdir`, resuming from its latest checkpoint; returns the final state.
 
@@ -86,7 +78,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   ckpt = Checkpointer(workdir, max_to_keep=tc.max_checkpoints_to_keep)
   state = restore_or_init(exp, ckpt)  # a mismatched checkpoint fails here, before any write
   step = int(parallel.host_value(state.step))
-  _write_run_files(exp, workdir)
+  if jax.process_index() == 0:
+    trained.write_run_files(exp, workdir)
   scorer = quality.Scorer(config, exp.info, exp.mesh) if qc.quality_every_steps else None
   step_fn = make_train_step(exp, state)
   preview = sampler.Sampler(exp, config.sampling.preview_samples)

@@ -19,7 +19,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from diffusion_jax import diffusion, schedules
+from diffusion_jax import diffusion, files, schedules
 from diffusion_jax.run import config as config_lib
 from diffusion_jax.run import data
 from diffusion_jax.run.experiment import (
@@ -33,10 +33,11 @@ from diffusion_jax.run.experiment import (
 from diffusion_jax.run.sampler import Sampler
 
 
-def write_dataset_info(info: data.DatasetInfo, workdir: str) -> None:
-  """`workdir/dataset_info.json`: what `load` needs to rebuild the model without the data."""
-  with open(os.path.join(workdir, "dataset_info.json"), "w") as f:
-    json.dump(dataclasses.asdict(info), f, indent=2)
+def write_run_files(exp: Experiment, workdir: str) -> None:
+  """`config.json` (the full config) and `dataset_info.json` (what the model needs of the data): what `load` reads."""
+  with files.atomic_open(os.path.join(workdir, "config.json")) as f:
+    f.write(exp.config.to_json_best_effort(indent=2))
+  files.write_json(os.path.join(workdir, "dataset_info.json"), dataclasses.asdict(exp.info))
 
 
 @dataclasses.dataclass(frozen=True)
