@@ -6,7 +6,7 @@
 For every sampler (ancestral on the respaced process, DDIM with eta = 0, DPM-Solver++ of orders 2 and 3, UniPC
 of orders 2 and 3), every spacing and every number of calls, draws `--num_samples` samples of the run's EMA
 parameters from one key and scores them with the run's quality metric (`eval.quality_metric`: the dataset FID
-of the classifier features for the digits), beside 1000-step ancestral sampling (Algorithm 1), the limit the
+of the classifier features for the digits), beside 1000-step ancestral sampling (Algorithm 2), the limit the
 deterministic samplers converge to (DDIM with eta = 0 on all T steps: the probability-flow ODE) and the real test
 split. Prints a table, writes it as JSON and draws `<out>.png`: one panel per spacing, the figure against the
 number of calls, a line per sampler, the 1000-step ancestral figure dashed.
@@ -65,7 +65,7 @@ def main() -> None:
   reference = scorer.score(samples, "1000-step ancestral")
   name = next(iter(reference))  # the headline figure: fid, dataset_fid or energy_distance
   T = run.config.diffusion.num_diffusion_steps
-  rows = [{"sampler": "ancestral (Algorithm 1)", "spacing": "-", "calls": T, "s_per_batch": per_batch, **reference}]
+  rows = [{"sampler": "ancestral (Algorithm 2)", "spacing": "-", "calls": T, "s_per_batch": per_batch, **reference}]
   _, samples, per_batch = draw(args.workdir, args.num_samples, args.batch_size, **{"sampling.sampler": "ddim"})
   rows.append({"sampler": "ddim, eta 0 (ODE limit)", "spacing": "-", "calls": T, "s_per_batch": per_batch,
                **scorer.score(samples, "ODE limit")})

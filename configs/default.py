@@ -75,7 +75,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.training.sample_every_steps = 50_000  # a preview grid in samples/, from the EMA parameters
 
   c.sampling = ml_collections.ConfigDict()
-  # ancestral (Algorithm 1), ddim, or the training-free multistep solvers dpm_solver++ and unipc (deterministic)
+  # ancestral (Ho et al.'s Algorithm 2), ddim, or the training-free multistep solvers dpm_solver++ and unipc
   c.sampling.sampler = "ancestral"
   c.sampling.num_steps = config_dict.placeholder(int)  # network calls; None: every diffusion step
   # which num_steps of the T steps: linspace, leading, trailing, logsnr (uniform in log-SNR) or quadratic

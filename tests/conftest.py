@@ -18,7 +18,7 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory):
   """A TFDS data_dir with the digits prepared (before any subprocess reads it)."""
-  from diffusion_jax import data
+  from diffusion_jax.run import data
   d = str(tmp_path_factory.mktemp("tfds"))
   data.image_source("digits", "train", d)
   return d

@@ -81,7 +81,7 @@ def free_port() -> int:
 
 def load_state(config, workdir: str, step: int | None = None):
   """The TrainState a checkpoint of `workdir` holds, as numpy, via the library's own restore path."""
-  from diffusion_jax import experiment
+  from diffusion_jax.run import experiment
   from diffusion_jax.run.checkpoint import Checkpointer
   exp = experiment.build(config, workdir)
   ckpt = Checkpointer(workdir, read_only=True)

@@ -13,6 +13,7 @@ from scipy.spatial import distance
 from configs import tiny
 from diffusion_jax.metrics import stats
 from diffusion_jax.run import data
+from diffusion_jax.run.data import pipeline, records, toys
 from helpers import tiny_config as _config
 
 
@@ -70,13 +71,13 @@ def test_batches_read_exactly_what_tfds_decodes(tmp_path, builder_class, parsed)
   builder = builder_class(data_dir=str(tmp_path), file_format="array_record")
   builder.download_and_prepare()
   source = builder.as_data_source(split="train")
-  decode = data.batch_decoder(source, None)
-  assert data.stores_int64_tensors(source) == parsed
-  assert (decode.func is data.parse_int64_tensors) == parsed  # the fast path is the one taken where it applies
+  decode = records.batch_decoder(source, None)
+  assert records.stores_int64_tensors(source) == parsed
+  assert (decode.func is records.parse_int64_tensors) == parsed  # the fast path is the one taken where it applies
   indices = np.random.default_rng(1).permutation(300)[:200]
   expected = [source[int(i)] for i in indices]
   for flip_seed in [None, 3]:
-    batch = data.read_batch(decode, flip_seed, 4, indices)
+    batch = pipeline.read_batch(decode, flip_seed, 4, indices)
     assert batch["x"].dtype == np.uint8 and batch["label"].dtype == np.int32
     mirrored = np.zeros(200, bool) if flip_seed is None else data.flips(flip_seed, 800 + np.arange(200))
     assert 0 < mirrored.sum() < 200 or flip_seed is None
@@ -92,7 +93,7 @@ def test_records_that_are_not_packed_uint8_lists_are_refused(tmp_path):
   builder.download_and_prepare()
   source = builder.as_data_source(split="train")
   with pytest.raises(ValueError, match=r"hold 0 image values, not 4 x \(5, 7, 3\): not a packed list of uint8"):
-    data.parse_int64_tensors(source, (5, 7, 3), [0, 1, 2, 3])
+    records.parse_int64_tensors(source, (5, 7, 3), [0, 1, 2, 3])
 
 
 def test_train_batches_deterministic_and_each_epoch_a_permutation(data_dir):
@@ -238,7 +239,7 @@ def test_toy_distributions_are_sklearns_law_drawn_iid(name):
   """The law: the energy distance to sklearn's generator within 4x its expectation for one law (a moon flipped is far
   over), and the same spread around it. i.i.d.: pairs of draws of 2000 score the expectation for independent draws,
   2 E||X - X'|| / 2000, within 4 standard errors; make_moons' evenly spaced angles score ~0.1x of it."""
-  generate = data.swiss_roll if name == "swiss_roll" else data.two_moons
+  generate = toys.swiss_roll if name == "swiss_roll" else toys.two_moons
   ours, theirs = generate(np.random.default_rng(0), 4000), _sklearn_toy(name, 4000, 0)
   mean_distance = distance.pdist(ours).mean()
   assert stats.energy_distance(ours, theirs) < 4 * mean_distance * (2 / 4000)

@@ -17,7 +17,8 @@ from PIL import Image
 import helpers
 from configs import toy2d
 from diffusion_jax import losses
-from diffusion_jax.run import classifier, data, experiment, quality, sampler, stats, train
+from diffusion_jax.metrics import stats
+from diffusion_jax.run import classifier, data, experiment, quality, sampler, train
 
 
 def _digits(data_dir, **overrides):

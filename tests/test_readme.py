@@ -22,8 +22,7 @@ import helpers
 from diffusion_jax.run import data, modes, trained
 
 PYTHON = helpers.readme_blocks("python")
-SMALL_PYTHON = {"num_diffusion_steps=1000": "num_diffusion_steps=50", "ch=128": "ch=32",
-                "ch_mult=(1, 2, 2, 2)": "ch_mult=(1, 2)"}
+SMALL_PYTHON = {"num_diffusion_steps=1000": "num_diffusion_steps=50"}
 _main_commands = helpers.readme_main_commands
 README = helpers.README
 
@@ -42,6 +41,12 @@ def test_pip_extras_in_readme_exist():
   named = {e for group in re.findall(r'pip install -e "\.\[([\w,]+)\]"', README) for e in group.split(",")}
   assert {"test", "cuda12", "tpu", "tensorboard", "reference"} <= named
   assert named <= extras
+
+
+def test_the_first_example_is_plain_jax_with_the_default_variance():
+  code = PYTHON[0]
+  assert "@jax.jit" in code and "compiler" not in code
+  assert "variance" not in code and "fixed_" not in code
 
 
 def test_library_example_draws_samples():

@@ -23,10 +23,12 @@ from diffusion_jax.run.data.pipeline import (
 from diffusion_jax.run.data.sources import (
     CROP_SIZES,
     DATASETS,
+    DIGITS_TEST_SIZE,
     IMAGE_DATASETS,
     TOY_DATASETS,
     DatasetInfo,
     center_crop,
+    check_dataset_name,
     dataset_info,
     image_records,
     image_source,
@@ -34,9 +36,9 @@ from diffusion_jax.run.data.sources import (
 from diffusion_jax.run.data.toys import toy_points, toy_reference
 
 __all__ = [
-    "CROP_SIZES", "DATASETS", "IMAGE_DATASETS", "TOY_DATASETS", "DatasetInfo", "center_crop",
-    "check_batch_divisibility", "dataset_info", "eval_batches", "flips", "image_records", "image_source", "iterate",
-    "num_examples", "stream_indices", "to_model_input", "to_uint8", "toy_points", "toy_reference", "train_batches",
+    "CROP_SIZES", "DATASETS", "DIGITS_TEST_SIZE", "IMAGE_DATASETS", "TOY_DATASETS", "DatasetInfo", "center_crop",
+    "check_batch_divisibility", "check_dataset_name", "dataset_info", "eval_batches", "flips", "image_records",
+    "image_source", "iterate", "num_examples", "stream_indices", "to_model_input", "to_uint8", "toy_points", "toy_reference", "train_batches",
 ]
 
 
