@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from diffusion_jax import losses, sampling, schedules, solvers
-from diffusion_jax.run import compiler, data, experiment, modes
+from diffusion_jax.run import compiler, data, experiment, modes, sampler
 from helpers import tiny_config
 
 INFO = data.DatasetInfo("digits", (8, 8, 1), 10, True)
@@ -48,14 +48,14 @@ def test_a_padded_last_batch_gives_the_bits_per_dim_of_the_real_examples_only(da
   np.testing.assert_allclose(got["terms_bpd"], np.concatenate(terms).mean(0), rtol=1e-5, atol=1e-7)
 
 
-@pytest.mark.parametrize("sampler, spacing", [("ancestral", "linspace"), ("ddim", "trailing"),
-                                               ("dpm_solver++", "logsnr"), ("unipc", "quadratic")])
-def test_the_configs_samplers_are_the_library_functions(sampler, spacing):
-  """sampling.sampler, num_steps = 10 of T = 50, spacing and order give exactly `sample` on the respaced
+@pytest.mark.parametrize("name, spacing", [("ancestral", "linspace"), ("ddim", "trailing"),
+                                            ("dpm_solver++", "logsnr"), ("unipc", "quadratic")])
+def test_the_configs_samplers_are_the_library_functions(name, spacing):
+  """sampling.sampler, num_steps = 10 of T = 50, spacing and order give exactly `ancestral_sample` on the respaced
   schedule, `ddim_sample` with those steps and eta, or `solver_sample` on the solver's table; not the full
   chain."""
   c = tiny_config("/nonexistent")
-  c.sampling.update(sampler=sampler, num_steps=10, eta=0.5, spacing=spacing, order=3)
+  c.sampling.update(sampler=name, num_steps=10, eta=0.5, spacing=spacing, order=3)
   exp = experiment.build(c, info=INFO)
   # The UNet's last layer starts at zero (eps = 0, a linear flow): perturbed, the orders and steps differ.
   params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(p.size), p.shape), _params(exp))
@@ -65,15 +65,15 @@ def test_the_configs_samplers_are_the_library_functions(sampler, spacing):
   fn = experiment.model_fn(exp.model, params, labels=labels)
   shape = (8, 8, 8, 1)
   timesteps = schedules.sampling_timesteps(exp.betas, num_steps=10, spacing=spacing)
-  if sampler == "ddim":
+  if name == "ddim":
     want = sampling.ddim_sample(exp.schedule, model_fn=fn, shape=shape, key=key, timesteps=timesteps, eta=0.5)
-  elif sampler == "ancestral":
+  elif name == "ancestral":
     respaced = schedules.respace(exp.betas, timesteps=schedules.sampling_timesteps(exp.betas, num_steps=10))
     want = sampling.ancestral_sample(
         respaced, model_fn=fn, shape=shape, key=key, model_var_type=c.diffusion.model_var_type)
   else:
     want = solvers.solver_sample(
-        solvers.solver_table(exp.betas, timesteps=timesteps, solver=sampler, order=3), model_fn=fn, shape=shape,
+        solvers.solver_table(exp.betas, timesteps=timesteps, solver=name, order=3), model_fn=fn, shape=shape,
         key=key)
   np.testing.assert_allclose(got, want, atol=2e-4)  # one program vs another: x_0 = (x - sigma eps) / alpha
   full = sampling.ancestral_sample(
