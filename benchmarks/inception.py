@@ -22,7 +22,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(__file__))
 import common  # noqa: E402
-from diffusion_jax.metrics import inception  # noqa: E402
+from diffusion_jax.metrics import inception, inception_weights  # noqa: E402
 
 
 def _torch_side(path: str, images: np.ndarray):
@@ -53,7 +53,7 @@ def main() -> None:
   parser.add_argument("--out", default="benchmarks/results/inception_cpu.json")
   args = common.parse_args(parser)
   images = np.random.default_rng(0).integers(0, 256, (args.batch, args.size, args.size, 3), np.uint8)
-  params = inception.load_params(args.weights)
+  params = inception_weights.load_params(args.weights)
   ours = common.jit(inception.features)
   compiled, compile_s, flops = common.compile_seconds_and_flops(ours, params, images)
   torch_run, torch_name = _torch_side(args.weights, images)

@@ -30,6 +30,7 @@ def test_options_change_the_kernels_not_the_results():
     np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5 * float(jnp.max(jnp.abs(b))))
 
 
+@pytest.mark.slow
 def test_unet_gradients_agree_with_xla_defaults():
   model = UNet(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), dropout=0.0)
   x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))

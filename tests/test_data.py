@@ -135,6 +135,7 @@ def test_flips_are_a_fair_coin_per_position():
   assert abs((f == data.flips(4, np.arange(100_000))).mean() - 0.5) < se
 
 
+@pytest.mark.slow
 def test_worker_processes_read_the_same_batches(data_dir):
   c = _config(data_dir, global_batch_size=8)
   c.data.random_flip = True
@@ -234,6 +235,7 @@ def _sklearn_toy(name, n, seed):
   return datasets.make_moons(n, noise=0.05, random_state=seed)[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", data.TOY_DATASETS)
 def test_toy_distributions_are_sklearns_law_drawn_iid(name):
   """The law: the energy distance to sklearn's generator within 4x its expectation for one law (a moon flipped is far

@@ -69,6 +69,7 @@ def test_q_step_and_posterior_equal_bayes():
     assert_f32_close(logvar[i], np.log(clipped), np.log(clipped))
 
 
+@pytest.mark.slow
 def test_q_step_iterated_matches_q_sample_marginal():
   """x_0 -> q_step T times has the law N(sqrt(abar_t) x_0, 1 - abar_t) of q_sample, at every t checked."""
   n = 40_000

@@ -16,6 +16,7 @@ def _params(exp):
   return jax.jit(lambda key: experiment.init_state(exp.model, exp.tx, exp.info, key))(jax.random.key(1)).params
 
 
+@pytest.mark.slow
 def test_a_padded_last_batch_gives_the_bits_per_dim_of_the_real_examples_only(data_dir, tmp_path):
   """297 test digits in batches of 100: the last batch holds 3 padding examples, which must not count. The
   reference reads the split itself and averages the bound of exactly the 297 real digits."""
@@ -48,6 +49,7 @@ def test_a_padded_last_batch_gives_the_bits_per_dim_of_the_real_examples_only(da
   np.testing.assert_allclose(got["terms_bpd"], np.concatenate(terms).mean(0), rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name, spacing", [("ancestral", "linspace"), ("ddim", "trailing"),
                                             ("dpm_solver++", "logsnr"), ("unipc", "quadratic")])
 def test_the_configs_samplers_are_the_library_functions(name, spacing):

@@ -61,7 +61,7 @@ def test_the_learning_rate_warms_up_linearly_then_stays(data_dir):
 
 
 def test_the_abstract_state_is_the_shape_of_the_initial_state(exp):
-  state = experiment.init_state(exp.model, exp.tx, exp.info, jax.random.key(0))
+  state = jax.jit(lambda key: experiment.init_state(exp.model, exp.tx, exp.info, key))(jax.random.key(0))
   abstract = experiment.abstract_state(exp)
   shapes = lambda tree: jax.tree.map(lambda a: (a.shape, a.dtype), tree)
   assert shapes(abstract) == shapes(state)

@@ -16,6 +16,8 @@ import helpers
 from diffusion_jax.run import train
 from diffusion_jax.run.checkpoint import Checkpointer
 
+pytestmark = pytest.mark.slow  # end-to-end runs
+
 # 10-30 steps/s at batch 64 on 2 cores: a checkpoint's asynchronous write (~1-2 s) ends well before the next is due.
 STEPS, EVERY = 150, 50
 OVERRIDES = [f"--config.training.num_train_steps={STEPS}", f"--config.training.checkpoint_every_steps={EVERY}",

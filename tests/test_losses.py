@@ -108,6 +108,7 @@ def test_the_network_sees_the_closed_form_x_t_and_the_original_timestep():
                              + np.sqrt(1 - abar) * np.asarray(noise, np.float64), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_hybrid_loss_trains_variance_only_through_vlb():
   rng = np.random.default_rng(4)
   x0 = jnp.asarray(ref.grid_levels()[rng.integers(0, 256, size=(4, 4, 4, 3))], jnp.float32)
@@ -143,6 +144,7 @@ def _bayes_xstart_model(schedule, log_pmf):
   return model_fn
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("var_type, max_gap", [("fixed_large", 0.3), ("fixed_small", 1.0)])
 def test_variational_bound_of_optimal_model_is_above_exact_nll(var_type, max_gap):
   """Data: a discretised N(0.1, 0.3^2) pixel, 16 i.i.d. dims. Exact NLL = its entropy, 7.297 bits/dim.

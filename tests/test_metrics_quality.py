@@ -20,6 +20,8 @@ from diffusion_jax import losses
 from diffusion_jax.metrics import stats
 from diffusion_jax.run import classifier, data, experiment, quality, sampler, train
 
+pytestmark = pytest.mark.slow  # end-to-end runs
+
 
 def _digits(data_dir, **overrides):
   c = helpers.tiny_config(data_dir)

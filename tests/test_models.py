@@ -48,6 +48,7 @@ def test_timestep_embedding_matches_float64(dim):
   assert got.shape == (5, dim) and got.dtype == jnp.float32
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("swish", [False, True])
 @pytest.mark.parametrize("shape, groups", [((4, 8, 8, 64), 32), ((2, 5, 5, 12), 4), ((3, 16), 4)])
 def test_group_norm_equals_flax_group_norm(shape, groups, swish):
@@ -132,6 +133,7 @@ def toy():
 APPLY = jax.jit(UNet(**TOY).apply, static_argnames="train")
 
 
+@pytest.mark.slow
 def test_output_shape_and_init(toy):
   model, _, x, t = toy
   variables = jax.jit(model.init)(jax.random.key(0), x, t)
@@ -149,6 +151,7 @@ def test_output_shape_and_init(toy):
   assert jax.eval_shape(lambda: wide.apply(wide.init(jax.random.key(0), x, t), x, t)).shape == (4, 16, 16, 6)
 
 
+@pytest.mark.slow
 def test_dropout_only_in_training_and_deterministic_given_key(toy):
   _, variables, x, t = toy
   run = lambda seed: APPLY(variables, x, t, train=True, rngs={"dropout": jax.random.key(seed)})
@@ -171,6 +174,7 @@ def test_bfloat16_compute_close_to_float32(toy):
   assert 0 < rel < 0.05, rel
 
 
+@pytest.mark.slow
 def test_remat_gives_the_same_gradients(toy):
   model, variables, x, t = toy
   loss = lambda m: lambda v: jnp.sum(m.apply(v, x, t, train=True, rngs={"dropout": jax.random.key(5)}) ** 2)
@@ -183,6 +187,7 @@ def test_remat_gives_the_same_gradients(toy):
     np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-5 * scale)
 
 
+@pytest.mark.slow
 def test_class_conditioning_and_null_label(toy):
   _, _, x, t = toy
   model = UNet(**TOY, num_classes=10)

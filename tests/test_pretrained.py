@@ -203,6 +203,7 @@ def _reduced(name: str, widths: list[int], groups: int) -> dict:
   return {**ref.published_config(name), "block_out_channels": widths, "norm_num_groups": groups}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cfg,batch", [(_reduced("ddpm-cifar10-32", [32, 64, 64, 64], 8), 3),
                                        (_reduced("ddpm-cat-256", [8, 8, 16, 16, 32, 32], 4), 2)],
                          ids=["cifar10-32-layout", "256-layout"])
@@ -246,6 +247,7 @@ def test_save_and_load_round_trip(schedule, kwargs, tmp_path):
       "diffusion.model_mean_type": "v", "diffusion.model_var_type": "learned_range", "sampling.clip_denoised": False}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_classes", [None, 10])
 def test_export_loads_in_diffusers_with_the_same_outputs_and_schedule(num_classes, tmp_path):
   """Our parameters saved, then read by diffusers' own from_pretrained: the same outputs (with class labels for a
@@ -285,6 +287,7 @@ def _tiny_pretrained_config(data_dir: str):
   return c
 
 
+@pytest.mark.slow
 def test_main_samples_and_evaluates_from_a_diffusers_directory(data_dir, tmp_path):
   """main.py --mode sample draws with the directory's weights (the same images as the sampler on the loaded
   parameters, not on a fresh init); --mode eval gives the bound of those weights."""

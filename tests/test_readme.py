@@ -49,6 +49,7 @@ def test_the_first_example_is_plain_jax_with_the_default_variance():
   assert "variance" not in code and "fixed_" not in code
 
 
+@pytest.mark.slow
 def test_library_example_draws_samples():
   code = PYTHON[0]
   for big, small in SMALL_PYTHON.items():
@@ -86,6 +87,7 @@ def trained_workdir(readme_runs):
   return readme_runs
 
 
+@pytest.mark.slow
 def test_main_commands_train_sample_and_evaluate(trained_workdir):
   workdir, _ = trained_workdir
   assert os.path.exists(os.path.join(workdir, "samples", "step_00000020.png"))
@@ -93,6 +95,7 @@ def test_main_commands_train_sample_and_evaluate(trained_workdir):
   assert os.path.exists(os.path.join(workdir, "eval_test_00000020.json"))
 
 
+@pytest.mark.slow
 def test_loading_a_trained_workdir_and_sampling(trained_workdir):
   workdir, _ = trained_workdir
   code = PYTHON[1]
@@ -108,6 +111,7 @@ def test_loading_a_trained_workdir_and_sampling(trained_workdir):
   np.testing.assert_array_equal(data.to_uint8(samples), cli[:64])
 
 
+@pytest.mark.slow
 def test_export_and_its_reload(trained_workdir):
   """README's export commands (its text block), in-process: the export holds the run's EMA parameters, and
   --mode sample from it draws the run's own samples (same seed); then README's python block reads it."""
@@ -142,6 +146,7 @@ def fresh_run(readme_runs):
   return dict(zip(("train", "sample", "eval"), procs))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["train", "sample", "eval"])
 def test_log_is_plain_lines_without_warnings(fresh_run, mode):
   out = fresh_run[mode].stdout + fresh_run[mode].stderr

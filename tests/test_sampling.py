@@ -279,6 +279,7 @@ def class_gaussian_oracle(x_t, t, y):
   return jnp.where((y == 3)[:, None], mixture, per_class)
 
 
+@pytest.mark.slow
 def test_guidance_on_a_class_conditional_gaussian_oracle():
   """w = 1 samples each class's exact sampler law; the null label (w = 0) the mixture's mean and variance;
   within 5 standard errors of 100k scalars (about 33k per class)."""

@@ -16,6 +16,8 @@ from diffusion_jax.run import data, experiment, modes, sampler, train, trained
 from diffusion_jax.run import step as step_lib
 from helpers import tiny_config as _config
 
+pytestmark = pytest.mark.slow  # end-to-end runs
+
 
 @pytest.fixture(scope="module")
 def reference_run(data_dir, tmp_path_factory):

@@ -38,6 +38,7 @@ def test_an_earlier_workdir_samples_what_it_sampled_before(reference):
   np.testing.assert_allclose(samples, reference["samples"], atol=1e-4)
 
 
+@pytest.mark.slow
 def test_main_samples_from_an_earlier_workdir(tmp_path, data_dir, reference):
   workdir = str(tmp_path / "w")
   shutil.copytree(FIXTURE, workdir)

@@ -34,7 +34,7 @@ import ml_collections
 import numpy as np
 
 from diffusion_jax import files
-from diffusion_jax.metrics import inception, stats
+from diffusion_jax.metrics import inception, inception_weights, stats
 from diffusion_jax.run import classifier, compiler, data, parallel
 from diffusion_jax.run import config as config_lib
 from diffusion_jax.run.logs import Progress
@@ -75,7 +75,7 @@ def check_quality_config(config: ml_collections.ConfigDict, info: data.DatasetIn
   """
   metric = resolve_metric(config, info)
   if metric == "inception":
-    inception.check_weights_path(config.eval.inception_weights)
+    inception_weights.check_weights_path(config.eval.inception_weights)
   n = config.eval.quality_samples
   dim = feature_dim(metric)
   if metric != "energy" and n <= dim:
@@ -133,14 +133,14 @@ class Scorer:
     if self.metric == "energy":
       return None
     if self.metric == "inception":
-      params = inception.load_params(self.config.eval.inception_weights, self.cache_dir)
+      params = inception_weights.load_params(self.config.eval.inception_weights, self.cache_dir)
       fn = lambda p, x: (inception.features(p, x), jnp.zeros((x.shape[0], 0)))
     else:
       path = os.path.join(self.cache_dir, f"classifier-{self._data_id()}-v{classifier.VERSION}.npz")
       params = classifier.load_or_train(path, self.info.shape, self.info.num_classes, self._train_split)
       k = self.info.num_classes
       fn = lambda p, x: tuple(reversed(classifier.apply(p, k, x)))
-    self.network_id = inception.params_hash(params)[:12]  # names the cached statistics of these weights
+    self.network_id = inception_weights.params_hash(params)[:12]  # names the cached statistics of these weights
     sharding = parallel.batch_sharding(self.mesh)
     jitted = compiler.jit(fn, in_shardings=(parallel.replicated(self.mesh), sharding))
     batch = _BATCH * jax.device_count()
