@@ -61,7 +61,8 @@ def main() -> None:
   run, samples, per_batch = draw(args.workdir, args.num_samples, args.batch_size)
   config = run.config.copy_and_resolve_references()
   config.eval.quality_samples = args.num_samples
-  scorer = quality.Scorer(config, run.experiment.info, parallel.make_mesh())
+  info = run.experiment.info
+  scorer = quality.Scorer(config, info, parallel.make_mesh(), quality.check_quality_config(config, info))
   reference = scorer.score(samples, "1000-step ancestral")
   name = next(iter(reference))  # the headline figure: fid, dataset_fid or energy_distance
   T = run.config.diffusion.num_diffusion_steps

@@ -13,6 +13,7 @@ def get_config(dataset: str):
   c.model.num_res_blocks = 2
   c.model.attn_resolutions = (16,)
   c.model.dropout = 0.0
+  c.model.num_groups = 32
   c.diffusion.num_diffusion_steps = 1000
   c.diffusion.beta_schedule = "linear"
   c.diffusion.beta_kwargs.beta_start = 1e-4
@@ -20,8 +21,10 @@ def get_config(dataset: str):
   c.diffusion.model_mean_type = "eps"
   c.diffusion.model_var_type = "fixed_small"
   # Their 256x256 recipe, for --mode train (fine-tuning from the weights).
+  c.training.num_train_steps = 800_000
   c.training.global_batch_size = 64
   c.training.learning_rate = 2e-5
+  c.training.warmup_steps = 5000
   c.training.ema_decay = 0.9999
   c.sampling.num_samples = 50_000
   c.sampling.batch_size = 64

@@ -26,6 +26,7 @@ def get_config():
   c.model.num_res_blocks = 2
   c.model.attn_resolutions = (16,)
   c.model.dropout = 0.1
+  c.model.num_groups = 32
   c.diffusion.num_diffusion_steps = 1000
   c.diffusion.beta_schedule = "linear"
   c.diffusion.model_mean_type = "eps"

@@ -1,5 +1,9 @@
 """Every config key, its default and its meaning; each experiment file overrides what it needs.
 
+The defaults are the built-in job (configs/digits.py), so this file trains as it stands, on any machine:
+
+    python main.py --config configs/default.py --workdir workdirs/default
+
 Any key can be set on the command line: `python main.py ... --config.training.num_train_steps=1000`.
 A tuple is passed as a string: `--config.model.ch_mult="(1, 2, 2)"`.
 """
@@ -27,12 +31,12 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "unet"  # unet (images) or mlp (2-D points)
-  c.model.ch = 128  # unet: base channels (and timestep-embedding width)
-  c.model.ch_mult = (1, 2, 2, 2)  # unet: channel multiplier per resolution level
-  c.model.num_res_blocks = 2  # unet: ResNet blocks per level going down (one more going up)
-  c.model.attn_resolutions = (16,)  # unet: spatial sizes with self-attention after every block
+  c.model.ch = 32  # unet: base channels (and timestep-embedding width)
+  c.model.ch_mult = (1, 2)  # unet: channel multiplier per resolution level
+  c.model.num_res_blocks = 1  # unet: ResNet blocks per level going down (one more going up)
+  c.model.attn_resolutions = (4,)  # unet: spatial sizes with self-attention after every block
   c.model.dropout = 0.1  # unet: dropout rate in the ResNet blocks (training only)
-  c.model.num_groups = 32  # unet: GroupNorm groups; every channel count must divide by it
+  c.model.num_groups = 8  # unet: GroupNorm groups; every channel count must divide by it
   c.model.remat = False  # unet: recompute each block's activations in the backward pass (less memory)
   # unet: condition on the dataset's labels (K classes from the data; label K is the null label, the unconditional
   # model that classifier-free guidance needs)
@@ -55,15 +59,15 @@ def get_config() -> ml_collections.ConfigDict:
   c.diffusion.model_var_type = "fixed_large"  # fixed_large (beta_t), fixed_small (beta-tilde_t), learned_range
 
   c.training = ml_collections.ConfigDict()
-  c.training.num_train_steps = 800_000
-  c.training.global_batch_size = 128  # over all devices and hosts
-  c.training.learning_rate = 2e-4  # Adam's, after the warmup
-  c.training.warmup_steps = 5000  # linear warmup from 0
+  c.training.num_train_steps = 3000
+  c.training.global_batch_size = 64  # over all devices and hosts
+  c.training.learning_rate = 1e-3  # Adam's, after the warmup
+  c.training.warmup_steps = 100  # linear warmup from 0
   c.training.grad_clip_norm = 1.0  # global-norm clipping; 0 disables it
   c.training.adam_b1 = 0.9
   c.training.adam_b2 = 0.999
   c.training.adam_eps = 1e-8
-  c.training.ema_decay = 0.9999  # of the EMA parameters that sampling uses
+  c.training.ema_decay = 0.999  # of the EMA parameters that sampling uses
   c.training.timestep_weights = config_dict.placeholder(tuple)  # None (uniform) or T weights of the MSE per t
   c.training.label_dropout = 0.1  # class_conditional: each label is the null label with this probability
   c.training.compute_dtype = "float32"  # float32 or bfloat16 (unet activations; parameters stay float32)

@@ -16,7 +16,9 @@ def get_config():
   c.model.ch_mult = (1, 2, 2)
   c.model.num_res_blocks = 2
   c.model.attn_resolutions = (14,)
+  c.model.num_groups = 32
   c.training.num_train_steps = 50_000
+  c.training.global_batch_size = 128
   c.training.learning_rate = 2e-4
   c.training.warmup_steps = 1000
   c.training.ema_decay = 0.9995

@@ -1,8 +1,12 @@
 """Config validation, the reach of the config (every knob of the library), and unknown-key messages."""
 
+import importlib
+import pathlib
+
 import numpy as np
 import pytest
 
+import helpers
 from configs import default, tiny
 from diffusion_jax import schedules
 from diffusion_jax.run import config as config_lib
@@ -98,3 +102,20 @@ def test_a_conditional_model_needs_a_dataset_with_labels():
   c.model.name = "mlp"
   with pytest.raises(ValueError, match="model.class_conditional = True needs model.name = 'unet'"):
     config_lib.validate_config(c)
+
+
+def test_every_config_file_builds_its_model(data_dir):
+  """configs/default.py trains as it stands (the built-in digits job), and every experiment file builds: its model
+  fits its images, its keys are valid (the datasets that need preparing are described, not read)."""
+  c = default.get_config()
+  c.data.data_dir = data_dir
+  exp = experiment.build(c)
+  assert exp.info.name == "digits" and exp.config.training.num_train_steps > 0
+  shapes = {"cifar10": (32, 32, 3), "mnist": (28, 28, 1), "swiss_roll": (2,), "digits": (8, 8, 1)}
+  for path in sorted(pathlib.Path(helpers.ROOT, "configs").glob("[a-z]*.py")):
+    c = importlib.import_module(f"configs.{path.stem}").get_config()
+    c.data.data_dir = data_dir
+    name = c.data.dataset
+    shape = shapes.get(name, (256, 256, 3))
+    info = data.DatasetInfo(name, shape, 10 if name in ("cifar10", "mnist", "digits") else None, name != "swiss_roll")
+    experiment.build(c, info=info)

@@ -55,7 +55,8 @@ def test_the_classifier_needs_labels(data_dir):
 
 def test_classifier_is_accurate_deterministic_and_cached(data_dir, tmp_path):
   c = _digits(data_dir)
-  scorer = quality.Scorer(c, data.dataset_info(c), experiment.build(c).mesh)
+  info = data.dataset_info(c)
+  scorer = quality.Scorer(c, info, experiment.build(c).mesh, quality.check_quality_config(c, info))
   # The train split's statistics, streamed in chunks, are those of all its features at once (float64 NumPy).
   train_images = np.stack([data.image_source("digits", "train", data_dir)[i]["image"] for i in range(1500)])
   feats, _ = scorer._features(train_images)
@@ -94,7 +95,7 @@ def test_trained_digits_model_scores_far_better_than_an_untrained_one(digits_run
   trained = next(line for line in lines if "quality/dataset_fid" in line)
   assert trained["step"] == 400
   exp = experiment.build(c)
-  scorer = quality.Scorer(c, exp.info, exp.mesh)
+  scorer = quality.Scorer(c, exp.info, exp.mesh, quality.check_quality_config(c, exp.info))
   init = experiment.init_state(exp.model, exp.tx, exp.info, jax.random.key(0)).params
   untrained = scorer.score(sampler.Sampler(exp, 64)(init, 297, jax.random.key(1)))
   # Measured (Intel Xeon, 2 cores): dataset FID 6.98 trained vs 100-112 untrained (real data: 1.71); class
@@ -116,7 +117,8 @@ def test_trained_digits_model_scores_far_better_than_an_untrained_one(digits_run
 def test_real_digits_score_about_their_baseline(data_dir):
   """The train split's first 297 images score like the test split's 297 (both real)."""
   c = _digits(data_dir, **{"eval.quality_samples": 297})
-  scorer = quality.Scorer(c, data.dataset_info(c), experiment.build(c).mesh)
+  info = data.dataset_info(c)
+  scorer = quality.Scorer(c, info, experiment.build(c).mesh, quality.check_quality_config(c, info))
   source = data.image_source("digits", "train", data_dir)
   real = scorer.score(np.stack([source[i]["image"] for i in range(297)]))
   # Measured: dataset FID 0.49 (train: part of the reference) vs 1.71 (test); confident share 0.85 vs 0.84;
@@ -136,7 +138,7 @@ def test_shipped_toy_config_matches_real_two_moons_and_untrained_does_not(tmp_pa
   lines = [json.loads(line) for line in open(tmp_path / "workdir" / "metrics.jsonl")]
   trained = next(line for line in lines if "quality/energy_distance" in line)["quality/energy_distance"]
   exp = experiment.build(c)
-  scorer = quality.Scorer(c, exp.info, exp.mesh)
+  scorer = quality.Scorer(c, exp.info, exp.mesh, quality.check_quality_config(c, exp.info))
   b = scorer.baseline["energy_distance"]
   init = experiment.init_state(exp.model, exp.tx, exp.info, jax.random.key(0)).params
   untrained = scorer.score(sampler.Sampler(exp, 2000)(init, 2000, jax.random.key(1)))["energy_distance"]

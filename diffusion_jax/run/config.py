@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 import ml_collections
+import numpy as np
 
 from diffusion_jax import diffusion, sampling, schedules, solvers
 from diffusion_jax.checks import is_int
@@ -76,14 +77,18 @@ def beta_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
   return {k: v for k, v in config.diffusion.beta_kwargs.items() if v is not None}
 
 
-def make_betas(config: ml_collections.ConfigDict) -> Any:
+def make_betas(config: ml_collections.ConfigDict) -> np.ndarray:
   """float64 betas of `config.diffusion`, shape `(T,)`; `ValueError` for a bad schedule or argument."""
   return schedules.get_beta_schedule(config.diffusion.beta_schedule,
                                      num_diffusion_steps=config.diffusion.num_diffusion_steps, **beta_kwargs(config))
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises `ValueError` for any bad key of `config`, before anything is built or compiled."""
+def validate_config(config: ml_collections.ConfigDict) -> np.ndarray:
+  """Raises `ValueError` for any bad key of `config`, before anything is built or compiled.
+
+  Returns:
+    The float64 betas of `config.diffusion`, shape `(T,)`: checking the schedule computes them, once.
+  """
   pos_int = lambda v: is_int(v) and v >= 1
   for key in ["training.num_train_steps", "training.global_batch_size", "training.checkpoint_every_steps",
               "training.log_every_steps", "training.sample_every_steps", "training.steps_per_call",
@@ -141,7 +146,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
                        f"not {config.model.name!r}.")
     if not os.path.isdir(config.pretrained):
       raise FileNotFoundError(f"pretrained = {config.pretrained!r}: no such directory.")
-  make_betas(config)
+  return make_betas(config)
 
 
 def parse_labels(value: str) -> tuple[int, ...] | None:

@@ -145,14 +145,13 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None,
   Raises:
     ValueError / FileNotFoundError: a bad config key, workdir or dataset, or a model that does not fit it.
   """
-  config_lib.validate_config(config)
+  betas = config_lib.validate_config(config)
   if workdir is not None:
     config_lib.check_workdir_writable(workdir)
   info = data.dataset_info(config) if info is None else info
   model = build_model(config, info)
   for key in ["training.global_batch_size", "sampling.preview_samples", "sampling.batch_size"]:
     data.check_batch_divisibility(config_lib.get(config, key), key)
-  betas = config_lib.make_betas(config)
   K = getattr(model, "num_classes", None)
   labels = None if K is None else label_layout(config.sampling.labels, K, info.name)
   return Experiment(config, info, model, betas, schedules.make_schedule(betas), build_optimizer(config),

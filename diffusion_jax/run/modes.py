@@ -112,8 +112,8 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   exp, params, step = _restore(config, workdir)
   scorer = None
   if config.eval.quality_samples:
-    quality.check_quality_config(config, exp.info)  # before anything compiles
-    scorer = quality.Scorer(config, exp.info, exp.mesh)
+    metric = quality.check_quality_config(config, exp.info)  # before anything compiles
+    scorer = quality.Scorer(config, exp.info, exp.mesh, metric)
   result = {}
   if exp.info.is_image:
     result["bpd"] = evaluate_bpd(exp, params, step, workdir)

@@ -70,12 +70,18 @@ def check_quality_config(config: ml_collections.ConfigDict, info: data.DatasetIn
   """Validates the `eval.quality_*` keys for `info` before anything compiles; returns the resolved metric.
 
   Raises:
-    ValueError: a metric that does not apply, too few samples for the feature dimension.
+    ValueError: a metric that does not apply, Inception weights that it would ignore, too few samples for the
+      feature dimension.
     FileNotFoundError: the inception metric without its weights file.
   """
   metric = resolve_metric(config, info)
   if metric == "inception":
     inception_weights.check_weights_path(config.eval.inception_weights)
+  elif config.eval.inception_weights is not None:
+    raise ValueError(f"eval.inception_weights = {config.eval.inception_weights!r} is given, but the quality metric of "
+                     f"data.dataset = {info.name!r} is {metric!r} (eval.quality_metric = "
+                     f"{config.eval.quality_metric!r}), which does not use it; set eval.quality_metric = 'inception' "
+                     "to score with the Inception network, or leave eval.inception_weights unset.")
   n = config.eval.quality_samples
   dim = feature_dim(metric)
   if metric != "energy" and n <= dim:
@@ -106,11 +112,12 @@ class Scorer:
     config: the experiment config (`eval.*` keys, `data.*`).
     info: the dataset.
     mesh: the device mesh the feature network's batch is sharded over.
+    metric: the metric `check_quality_config` resolved, before anything compiled.
   """
 
-  def __init__(self, config: ml_collections.ConfigDict, info: data.DatasetInfo, mesh: jax.sharding.Mesh):
-    self.config, self.info, self.mesh = config, info, mesh
-    self.metric = check_quality_config(config, info)
+  def __init__(self, config: ml_collections.ConfigDict, info: data.DatasetInfo, mesh: jax.sharding.Mesh,
+               metric: str):
+    self.config, self.info, self.mesh, self.metric = config, info, mesh, metric
     self.num_samples = config.eval.quality_samples
     self.cache_dir = config.eval.cache_dir or os.path.join(os.path.expanduser("~"), ".cache", "diffusion_jax")
     # The train split's images and labels, read on first need (the classifier, the statistics), then kept.

@@ -71,8 +71,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   """
   exp = experiment.build(config, workdir)
   tc, qc = config.training, config.eval
-  if qc.quality_every_steps:
-    quality.check_quality_config(config, exp.info)  # before anything compiles
+  metric = quality.check_quality_config(config, exp.info) if qc.quality_every_steps else None  # before compiling
   k = tc.steps_per_call
   os.makedirs(workdir, exist_ok=True)
   ckpt = Checkpointer(workdir, max_to_keep=tc.max_checkpoints_to_keep)
@@ -80,7 +79,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   step = int(parallel.host_value(state.step))
   if jax.process_index() == 0:
     trained.write_run_files(exp, workdir)
-  scorer = quality.Scorer(config, exp.info, exp.mesh) if qc.quality_every_steps else None
+  scorer = quality.Scorer(config, exp.info, exp.mesh, metric) if metric is not None else None
   step_fn = make_train_step(exp, state)
   preview = sampler.Sampler(exp, config.sampling.preview_samples)
   batches = data.iterate(data.train_batches(config), step // k, num_workers=config.data.num_workers)
