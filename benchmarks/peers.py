@@ -8,7 +8,7 @@ The peer is diffusers' `UNet2DModel` configured as the DDPM architecture (the
 layout of google/ddpm-cifar10-32: ResNet blocks, attention at 16x16) with
 `DDPMScheduler` (linear betas, T = 1000): training is Adam 2e-4 on the eps-MSE,
 sampling is its Python loop over `scheduler.step`. Ours is `step.train_step` and
-`sampling.sample` (one `lax.scan`); `--steps_per_call k` runs k of our optimizer
+`sampling.ancestral_sample` (one `lax.scan`); `--steps_per_call k` runs k of our optimizer
 steps per compiled call (`training.steps_per_call`), the peer's one per call.
 Sampling is timed over `sample_steps` denoising steps for both (a full 1000-step
 batch takes ~4-7 minutes per side on 2 CPU cores); the per-1000-step figure is

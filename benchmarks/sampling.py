@@ -3,7 +3,7 @@
     python benchmarks/sampling.py [--models mlp,unet_toy,unet_cpu] [--out benchmarks/results/sampling.json]
     python benchmarks/sampling.py --models unet_cpu --solvers 10,20,50   # the few-step samplers
 
-For each model: one jitted forward pass; `sampling.sample` (one `lax.scan`) at
+For each model: one jitted forward pass; `sampling.ancestral_sample` (one `lax.scan`) at
 T = 100 and T = 1000 (compile seconds, run seconds, seconds per step, the ratio
 of a step to a forward pass: the sampler's own overhead, and XLA's peak-memory
 estimate); and the same chain as a Python loop calling a jitted step T times

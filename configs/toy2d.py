@@ -6,15 +6,8 @@
 Writes workdirs/toy2d/samples/step_00008000.png: 2000 samples (red) over held-out data (grey), titled
 with the energy distance of those samples to 2000 held-out points and its ratio to real data's (the mean
 over ten disjoint draws of 2000 training points against the same held-out points; the log's last line
-says the same). 48 s on 2 cores of an Intel Xeon (two moons: 38 s of training at 215 steps/s).
-
-One draw's figure is noisy: fresh i.i.d. draws of real points score 0.35x-1.32x (two moons; mean 0.88x)
-and 0.46x-2.38x (swiss roll; mean 1.09x) of that baseline (10th-90th percentiles of 40 draws). Eight draws
-of 2000 samples from one trained run, by these defaults: two moons 0.42x-1.61x (mean 1.02x), swiss roll
-0.51x-2.08x (mean 0.90x). The cosine schedule made the difference: the linear one, with everything else
-alike, gave two moons a mean of 1.41x and a 99th percentile of the distance from a sample to its nearest
-training point 2.9x the held-out data's (3000 steps: 6.6x); neither twice the width (1.50x), twice the batch
-(1.36x), v-prediction (1.43x) nor sampling with beta-tilde helped it, and x_0-prediction fails (34x).
+says the same). Under a minute on 2 CPU cores; an energy-distance ratio near 1 (one draw of 2000 samples
+spreads over about 0.4x-2x: BENCHMARKS.md, "The 2-D toys").
 """
 
 from configs import default

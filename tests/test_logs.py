@@ -32,6 +32,22 @@ def test_progress_reports_at_most_every_interval_and_at_the_end(monkeypatch):
   assert all("\r" not in line and "\x1b" not in line for line in lines)
 
 
+def test_the_eta_leaves_out_the_compilation_before_the_first_report(monkeypatch):
+  """A compiled loop's first report comes after its compilation (60 s here); the rate, and so the ETA, is counted
+  from that report on: 1 s per step, not (60 + 10) s over the first 10 steps."""
+  lines = _capture(monkeypatch)
+  clock = [0.0]
+  monkeypatch.setattr(logs.time, "time", lambda: clock[0])
+  p = logs.Progress(interval_s=0.0)
+  p.start("sampling", 100)
+  clock[0] = 70.0  # compiled for 60 s, then ran 10 steps
+  p.update(10)
+  clock[0] = 80.0
+  p.update(20)
+  assert lines == ["sampling: 10/100 steps (10%), 0:01:10 elapsed, ETA --",
+                   "sampling: 20/100 steps (20%), 0:01:20 elapsed, ETA 0:01:20"]
+
+
 def test_compiled_loop_reports_through_the_callback_with_the_offset(monkeypatch):
   seen = []
   p = logs.Progress(interval_s=0.0)

@@ -213,5 +213,5 @@ def preprocess(images: jax.Array) -> jax.Array:
 
 
 def features(params: Any, images: jax.Array) -> jax.Array:
-  """FID features of uint8 images of any size: `(B, H, W, C)` -> `(B, 2048)` float32. Jit it (`compiler.jit`)."""
+  """FID features of uint8 images of any size: `(B, H, W, C)` -> `(B, 2048)` float32. Jit it (`jax.jit`)."""
   return InceptionV3().apply({"params": params}, preprocess(images))

@@ -1,15 +1,10 @@
-"""Building an experiment from a validated config, and loading a trained workdir.
+"""Building an experiment from a validated config: `build(config)` -> `Experiment`.
 
-`build(config)` validates the config and makes everything a run needs before
-anything compiles: the dataset's shape, the model, the float64 betas and the
-schedule, the optimizer, the device mesh. The training loop (`train.py`) and
-the sample and eval modes (`evaluate.py`) both start from it.
-
-For research code, `load(workdir)` returns a trained run (model, parameters,
-EMA parameters, schedule) and `Run.sample` draws from it:
-
-    run = load("workdirs/digits")
-    samples = run.sample(16, jax.random.key(0))  # (16, 8, 8, 1) in [-1, 1]
+`build` validates the config and makes everything a run needs before anything
+compiles, each value once: the dataset's shape, the model, the float64 betas and
+the schedule, the optimizer, the device mesh and the label layout. The training
+loop (`train`) and the sample, eval and export modes (`modes`) all start from it;
+`trained.load(workdir)` rebuilds a trained run with it.
 """
 
 from __future__ import annotations

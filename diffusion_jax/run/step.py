@@ -118,7 +118,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], schedule: schedul
     return jax.lax.scan(step, state, batch)
   # XLA:CPU does not bring the weight-gradient convolutions inside a while loop (even one of a single
   # trip, which `lax.scan` emits also when fully unrolled) into the layout of its library kernels: they
-  # would run on its naive emitter, ~80x slower (BENCHMARKS.md). Unrolled by hand, k steps compile like
+  # would run on its naive emitter, many times slower (figures: BENCHMARKS.md). Unrolled by hand, k steps compile like
   # one (compile time grows with k).
   metrics = []
   for i in range(jax.tree.leaves(batch)[0].shape[0]):

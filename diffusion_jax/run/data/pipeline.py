@@ -54,7 +54,7 @@ def train_batches(config: ml_collections.ConfigDict, *, process_index: int | Non
   local = config.training.global_batch_size // process_count
   name = config.data.dataset
   # Each batch reads its records in one call: a fancy index of the toy points, `__getitems__` for images
-  # (per-record reads cost ~3x as much), flipping those whose stream position draws a flip.
+  # (per-record reads cost several times as much), flipping those whose stream position draws a flip.
   if name in TOY_DATASETS:
     source = toy_points(name, "train")
     read = lambda _, indices: {"x": source[indices]}
