@@ -94,7 +94,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.sampling.seed = 0  # --mode sample
   # class_conditional: classifier-free guidance w (0: the unconditional model, 1: the conditional one, > 1: guided)
   c.sampling.guidance_scale = 1.0
-  # class_conditional, --mode sample and previews: "all" (a grid row per class) or labels such as "3,7" (a row each)
+  # class_conditional, --mode sample and previews: the classes drawn in turn, "all" or labels such as "3,7"; the
+  # grid gives each its own rows
   c.sampling.labels = "all"
 
   c.eval = ml_collections.ConfigDict()
@@ -119,7 +120,7 @@ def get_config() -> ml_collections.ConfigDict:
 
 
 def class_conditional(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """`c` made class-conditional: 10% label dropout, a grid row of 10 per class, eval at w = 0, 1, 2, 4."""
+  """`c` made class-conditional: 10% label dropout, 10 samples per class, eval at w = 0, 1, 2, 4."""
   c.model.class_conditional = True
   c.training.label_dropout = 0.1
   c.sampling.labels = "all"

@@ -5,7 +5,7 @@
     python main.py --config configs/digits_conditional.py --workdir workdirs/digits_cond --mode eval
 
 The UNet of configs/digits.py with a label embedding, trained with 10% of the labels
-replaced by the null label. Training previews and --mode sample draw a row per class.
+replaced by the null label. Training previews and --mode sample draw every class in turn, a block of rows each.
 --mode eval scores 297 samples (every class in turn) at each guidance scale w in
 eval.guidance_scales: the share of samples that a classifier trained on the train split
 assigns to the requested class, and the dataset FID, as a table in the log and
