@@ -23,13 +23,7 @@ import jax
 
 sys.path.insert(0, os.path.dirname(__file__))
 import common  # noqa: E402
-from diffusion_jax import parallel  # noqa: E402
-from diffusion_jax.run import (
-  images,
-  quality,  # noqa: E402
-  sampler,
-  trained,
-)
+from diffusion_jax.run import images, parallel, quality, sampler, trained  # noqa: E402
 
 SAMPLERS = {"ancestral": ("ancestral", 2), "ddim": ("ddim", 2), "dpm_solver++ 2": ("dpm_solver++", 2),
             "dpm_solver++ 3": ("dpm_solver++", 3), "unipc 2": ("unipc", 2), "unipc 3": ("unipc", 3)}

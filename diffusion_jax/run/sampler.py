@@ -17,12 +17,7 @@ import numpy as np
 from diffusion_jax import sampling, schedules, solvers
 from diffusion_jax.checks import ProgressFn
 from diffusion_jax.run import compiler, data, parallel
-from diffusion_jax.run.experiment import (
-  Experiment,
-  labelled_model_fn,
-  model_fn,
-  num_classes,
-)
+from diffusion_jax.run.experiment import Experiment, labelled_model_fn, model_fn, num_classes
 from diffusion_jax.run.logs import Progress
 
 

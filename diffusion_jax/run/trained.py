@@ -22,14 +22,7 @@ import numpy as np
 from diffusion_jax import diffusion, files, schedules
 from diffusion_jax.run import config as config_lib
 from diffusion_jax.run import data
-from diffusion_jax.run.experiment import (
-  Experiment,
-  TrainState,
-  build,
-  model_fn,
-  restore_latest,
-  sampling_params,
-)
+from diffusion_jax.run.experiment import Experiment, TrainState, build, model_fn, restore_latest, sampling_params
 from diffusion_jax.run.sampler import Sampler
 
 

@@ -14,9 +14,7 @@ from diffusion_jax import pretrained
 from diffusion_jax.models.unet import UNet
 from diffusion_jax.run import config as config_lib
 from diffusion_jax.run import data, parallel
-from diffusion_jax.run.experiment import (
-  Experiment,
-)
+from diffusion_jax.run.experiment import Experiment
 
 
 def pretrained_info(config: ml_collections.ConfigDict) -> data.DatasetInfo:
