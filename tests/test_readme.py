@@ -154,6 +154,7 @@ def test_log_is_plain_lines_without_warnings(fresh_run, mode):
   assert not WARNING_LINE.search(out), WARNING_LINE.search(out).group(0) + out[-3000:]
 
 
+@pytest.mark.slow
 def test_first_run_prepares_digits_and_reports_progress(fresh_run):
   out = fresh_run["train"].stderr
   assert "Prepared the built-in digits dataset" in out
@@ -164,6 +165,7 @@ def test_first_run_prepares_digits_and_reports_progress(fresh_run):
   assert "points/s" not in out and "images/s" in out
 
 
+@pytest.mark.slow
 def test_sample_and_eval_report_progress_inside_the_compiled_loops(fresh_run):
   assert re.search(r"sampling \(256 samples, 50 steps each\): 200/200 steps \(100%\)", fresh_run["sample"].stderr)
   assert re.search(r"eval bits/dim on test: 50/50 timesteps of a batch \(100%\)", fresh_run["eval"].stderr)
