@@ -47,6 +47,11 @@ def test_sample_eval_and_loading_never_import_the_training_loop(name):
   assert not loaded & {"diffusion_jax.run.train", "diffusion_jax.run.step"}
 
 
+def test_every_folder_is_a_package_that_an_install_ships():
+  folders = {p.parent for p in PACKAGE.rglob("*.py")}
+  assert not {str(f) for f in folders if not (f / "__init__.py").exists()}
+
+
 def test_no_module_is_longer_than_400_lines():
   lengths = {str(p.relative_to(PACKAGE.parent)): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
   assert not {p: n for p, n in lengths.items() if n > 400}

@@ -1,0 +1,1 @@
+"""The denoisers: `unet.UNet` (the DDPM network), `mlp.MLPDenoiser` (2-D toys), and their `layers`."""
