@@ -2,7 +2,7 @@
 
     python main.py --config configs/digits.py --workdir workdirs/digits
 
-Expected on 2 CPU cores: 6 to 7 minutes (3000 steps at ~13 steps/s, then 297 samples: ancestral
+Expected on 2 CPU cores: 4 to 7 minutes (3000 steps at ~13 steps/s, then 297 samples: ancestral
 sampling, 1000 steps, EMA parameters), a final loss near 0.08, recognisable digits in
 workdirs/digits/samples/step_00003000.png, and a last line with the quality of the samples
 beside the real test digits' (README gives the measured figures).
