@@ -46,7 +46,7 @@ def _tag(step: int | None) -> str:
   return "pretrained" if step is None else f"{step:08d}"
 
 
-def split_records(config: ml_collections.ConfigDict, step: int | None) -> str:
+def _params_source(config: ml_collections.ConfigDict, step: int | None) -> str:
   """Where the parameters come from, for log lines."""
   if step is None:
     return f"the pretrained {config.pretrained}"
@@ -63,7 +63,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
   info = transfer.pretrained_info(config) if config.pretrained is not None else None
   exp, params, step = _restore(config, workdir, info)
   sc = config.sampling
-  logging.info("Sampling %d from %s with %s; compiling the sampler...", sc.num_samples, split_records(config, step),
+  logging.info("Sampling %d from %s with %s; compiling the sampler...", sc.num_samples, _params_source(config, step),
                sampler.describe_sampler(config))
   labels = None
   if exp.labels is not None:
@@ -98,7 +98,7 @@ def export(config: ml_collections.ConfigDict, workdir: str, directory: str | Non
   directory = directory or os.path.join(workdir, "diffusers")
   if jax.process_index() == 0:
     transfer.export_pretrained(exp, params, directory)
-    logging.info("Exported %s to %s (diffusers UNet2DModel + DDPMScheduler).", split_records(config, step), directory)
+    logging.info("Exported %s to %s (diffusers UNet2DModel + DDPMScheduler).", _params_source(config, step), directory)
   return directory
 
 
@@ -145,7 +145,7 @@ def evaluate_quality(exp: Experiment, params: Any, step: int | None, workdir: st
     samples = draw(params, scorer.num_samples, jax.random.key(config.sampling.seed),
                    "quality samples" + ("" if K is None else f" (w = {w:g})"), labels)
     by_scale[w] = scorer.score(samples, labels=labels)
-    logging.info("Quality of %s (%d samples, %s%s): %s", split_records(config, step), scorer.num_samples,
+    logging.info("Quality of %s (%d samples, %s%s): %s", _params_source(config, step), scorer.num_samples,
                  sampler.describe_sampler(config),
                  "" if K is None else f", guidance scale {w:g}", scorer.report(by_scale[w]))
   figures = by_scale[scales[0]] if len(scales) == 1 else by_scale
@@ -225,5 +225,5 @@ def evaluate_bpd(exp: Experiment, params: Any, step: int | None, workdir: str) -
     path = os.path.join(workdir, f"eval_{ec.split}_{_tag(step)}.json")
     files.write_json(path, result)
     logging.info("bits/dim on %s (%d examples, %s, %.0f s): %.4f; wrote %s", ec.split, int(count),
-                 split_records(config, step), time.time() - start, result["bpd"], path)
+                 _params_source(config, step), time.time() - start, result["bpd"], path)
   return result
