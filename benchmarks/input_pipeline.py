@@ -29,10 +29,7 @@ from random_cifar10 import NAME, RandomCifar10  # noqa: E402
 
 import common  # noqa: E402
 from configs import default  # noqa: E402
-from diffusion_jax.run import (
-  data,
-  parallel,  # noqa: E402
-)
+from diffusion_jax.run import data, parallel  # noqa: E402
 
 
 def prepare(data_dir: str, records: int) -> None:

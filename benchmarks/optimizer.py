@@ -29,10 +29,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 import train_throughput  # noqa: E402
-from diffusion_jax.run import (
-  data,
-  experiment,  # noqa: E402
-)
+from diffusion_jax.run import data, experiment  # noqa: E402
 
 DECAY = 0.9999
 

@@ -103,11 +103,9 @@ def our_side(workload: str, batch: int, sample_steps: int, steps_per_call: int, 
   sched = schedules.make_schedule(schedules.get_beta_schedule("linear", num_diffusion_steps=1000))
   # The first `sample_steps` steps of the 1000-step chain, as one scan (the full chain is the same program).
   sub = jax.tree.map(lambda b: b[1000 - sample_steps:], sched)
-  run = common.jit(
-      lambda p, s,
-      k: sampling.ancestral_sample(
-          s, model_fn=lambda x, t: model.apply({"params": p}, x, t), shape=(batch, 32, 32, 3), key=k,
-          model_var_type="fixed_large"))
+  run = common.jit(lambda p, s, k: sampling.ancestral_sample(
+      s, model_fn=lambda x, t: model.apply({"params": p}, x, t), shape=(batch, 32, 32, 3), key=k,
+      model_var_type="fixed_large"))
   compiled, _, _ = common.compile_seconds_and_flops(run, params, sub, jax.random.key(1))
   per_call = f", {steps_per_call} steps per call" if steps_per_call > 1 else ""
   per_call += ", bfloat16 compute" if dtype == "bfloat16" else ""

@@ -53,11 +53,9 @@ def bench(name: str, full: bool) -> list[dict]:
   rows = []
   for T in (100, 1000):
     sched = schedules.make_schedule(schedules.get_beta_schedule("linear", num_diffusion_steps=T))
-    run = common.jit(
-        lambda p, s,
-        k: sampling.ancestral_sample(
-            s, model_fn=lambda x, t: model.apply({"params": p}, x, t), shape=shape, key=k, model_var_type="fixed_large",
-            clip_denoised=clip))
+    run = common.jit(lambda p, s, k: sampling.ancestral_sample(
+        s, model_fn=lambda x, t: model.apply({"params": p}, x, t), shape=shape, key=k, model_var_type="fixed_large",
+        clip_denoised=clip))
     compiled, compile_s, _ = common.compile_seconds_and_flops(run, params, sched, jax.random.key(2))
     extrapolated = name == "unet_cpu" and T == 1000 and not full
     if extrapolated:

@@ -161,12 +161,10 @@ def test_variational_bound_of_optimal_model_is_above_exact_nll(var_type, max_gap
   B = 256
   x0 = jnp.asarray(ref.grid_levels()[rng.choice(256, size=(B, 16), p=pmf)], jnp.float32)
   model_fn = _bayes_xstart_model(SCHED, jnp.asarray(np.log(np.maximum(pmf, 1e-300)), jnp.float32))
-  vb = jax.jit(
-      lambda x,
-      k: losses.variational_bound(
-          SCHED, model_fn=model_fn, x_start=x, key=k, model_mean_type="xstart", model_var_type=var_type,
-          timesteps_per_call=10))(
-          x0, jax.random.key(1))
+  bound = jax.jit(lambda x, k: losses.variational_bound(
+      SCHED, model_fn=model_fn, x_start=x, key=k, model_mean_type="xstart", model_var_type=var_type,
+      timesteps_per_call=10))
+  vb = bound(x0, jax.random.key(1))
   total = np.asarray(vb.total_bpd, np.float64)
   assert vb.terms_bpd.shape == (B, T) and vb.xstart_mse.shape == (B, T)
   np.testing.assert_allclose(total, np.asarray(vb.prior_bpd + vb.terms_bpd.sum(1), np.float64), rtol=1e-5)

@@ -62,11 +62,9 @@ def test_trajectory_equals_diffusers_scheduler(solver, order, n, spacing):
   clip = spacing != "logsnr"
   want_states, want = _diffusers_trajectory(solver, order, timesteps, x_T, clip)
   table = solvers.solver_table(BETAS, timesteps=timesteps, solver=solver, order=order)
-  got, traj = jax.jit(
-      lambda tab,
-      k: solvers.solver_sample(
-          tab, model_fn=jax_model, shape=x_T.shape, key=k, clip_denoised=clip, return_every=1, x_T=x_T))(
-              table, jax.random.key(0))
+  draw = jax.jit(lambda tab, k: solvers.solver_sample(
+      tab, model_fn=jax_model, shape=x_T.shape, key=k, clip_denoised=clip, return_every=1, x_T=x_T))
+  got, traj = draw(table, jax.random.key(0))
   np.testing.assert_array_equal(traj.timesteps, timesteps)
   np.testing.assert_allclose(traj.x_t, want_states, atol=1e-5)
   np.testing.assert_allclose(got, want, atol=1e-5)
