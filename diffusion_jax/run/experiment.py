@@ -107,8 +107,8 @@ def labelled_model_fn(model: nn.Module, params: Any) -> sampling.LabelledModelFn
 
 
 def num_classes(exp: Experiment) -> int | None:
-  """K of a class-conditional model (its null label), None for an unconditional one."""
-  return getattr(exp.model, "num_classes", None)
+  """K of a class-conditional model (its null label), None for an unconditional one: read off the label layout."""
+  return None if exp.labels is None else exp.labels.num_classes
 
 
 @dataclasses.dataclass(frozen=True)

@@ -93,10 +93,10 @@ def save_samples(samples: np.ndarray, path: str, info: data.DatasetInfo, dataset
   Returns:
     How many samples the file shows.
   """
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   if not info.is_image:
     save_scatter(samples, path, reference=data.toy_reference(dataset), title=title)
     return len(samples)
+  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   shown = data.to_uint8(samples[:MAX_SHOWN])
   cells, columns = (None, None) if labels is None else class_cells(labels[:MAX_SHOWN])
   Image.fromarray(image_grid(shown, columns=columns, cells=cells)).save(path)
