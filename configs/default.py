@@ -21,10 +21,22 @@ def get_config() -> ml_collections.ConfigDict:
   c.pretrained = config_dict.placeholder(str)
 
   c.data = ml_collections.ConfigDict()
-  # digits (built in); mnist, fashion_mnist, cifar10, celeb_a_hq/256, lsun/{church_outdoor,bedroom,cat} (TFDS;
-  # LSUN cropped to its central 256x256); swiss_roll, two_moons (2-D points)
+  # digits (built in); mnist, fashion_mnist, cifar10, cifar100 (`python -m diffusion_jax.prepare NAME`, or TFDS's
+  # copy); celeb_a_hq/256, lsun/{church_outdoor,bedroom,cat} (TFDS; LSUN cropped to its central 256x256); folder
+  # (data.image_dir), arrays (data.path): your own images; swiss_roll, two_moons (2-D points)
   c.data.dataset = "digits"
-  c.data.data_dir = config_dict.placeholder(str)  # TFDS data_dir; None: $TFDS_DATA_DIR or ~/tensorflow_datasets
+  # TFDS's data_dir, and where prepared records go (DATA_DIR/diffusion_jax); None: $TFDS_DATA_DIR or
+  # ~/tensorflow_datasets
+  c.data.data_dir = config_dict.placeholder(str)
+  # folder: a directory tree of PNG, JPEG, WebP, BMP or GIF files; with model.class_conditional, the first-level
+  # subdirectories are the classes. Prepared once into records (README "Train on your own images").
+  c.data.image_dir = config_dict.placeholder(str)
+  c.data.path = config_dict.placeholder(str)  # arrays: an .npz (images uint8 (N, H, W, C), optional labels) or .npy
+  # folder, arrays: the side N of the square images (the shorter side resized to N, the centre cropped); arrays:
+  # None keeps the stored size
+  c.data.image_size = config_dict.placeholder(int)
+  c.data.channels = 3  # folder, arrays: 3 (RGB) or 1 (grey)
+  c.data.eval_fraction = 0.05  # folder, arrays: the share held out as the 'test' split (chosen by path, stable)
   c.data.random_flip = False  # horizontal flips of training images, drawn per example from the seed
   # training batches read by this many worker processes (0: threads of the main process); 2+ on accelerator hosts
   c.data.num_workers = 0

@@ -40,6 +40,11 @@ ADDED_KEYS = {
     "sampling.order": 2,
     "eval.guidance_scales": None,
     "data.num_workers": 0,
+    "data.image_dir": None,
+    "data.path": None,
+    "data.image_size": None,
+    "data.channels": 3,
+    "data.eval_fraction": 0.05,
 }
 
 
@@ -136,6 +141,7 @@ def validate_config(config: ml_collections.ConfigDict) -> np.ndarray:
                      "'ancestral' with diffusion.model_var_type = 'learned_range'.")
   _check_conditioning(config)
   data.check_dataset_name(config.data.dataset)
+  _check_own_images(config)
   if config.data.dataset in data.TOY_DATASETS and config.model.name != "mlp":
     raise ValueError(f"data.dataset = {config.data.dataset!r} is 2-D points; it needs model.name = 'mlp'.")
   if config.data.dataset in data.IMAGE_DATASETS and config.model.name != "unet":
@@ -147,6 +153,25 @@ def validate_config(config: ml_collections.ConfigDict) -> np.ndarray:
     if not os.path.isdir(config.pretrained):
       raise FileNotFoundError(f"pretrained = {config.pretrained!r}: no such directory.")
   return make_betas(config)
+
+
+def _check_own_images(config: ml_collections.ConfigDict) -> None:
+  """The keys of `data.dataset = 'folder'` and `'arrays'`, and that no other dataset is given them."""
+  dc = config.data
+  own = {"folder": "data.image_dir", "arrays": "data.path"}
+  for dataset, key in own.items():
+    value = get(config, key)
+    if dc.dataset == dataset and not (isinstance(value, str) and value):
+      raise ValueError(f"data.dataset = {dataset!r} needs {key} (it is {value!r}).")
+    if dc.dataset != dataset and value is not None:
+      raise ValueError(f"{key} = {value!r} is only read with data.dataset = {dataset!r}, not {dc.dataset!r}.")
+  if dc.dataset == "folder" and dc.image_size is None:
+    raise ValueError("data.dataset = 'folder' needs data.image_size, the side of the square images (e.g. 32).")
+  if dc.dataset not in own and dc.image_size is not None:
+    raise ValueError(f"data.image_size = {dc.image_size!r} is only read with data.dataset = 'folder' or 'arrays'.")
+  _require(config, "data.image_size", lambda v: v is None or (is_int(v) and v >= 1), "None or a positive integer")
+  _require(config, "data.channels", lambda v: v in (1, 3), "1 (grey) or 3 (RGB)")
+  _require(config, "data.eval_fraction", lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)")
 
 
 def parse_labels(value: str) -> tuple[int, ...] | None:

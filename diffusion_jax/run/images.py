@@ -36,7 +36,7 @@ def class_cells(labels: np.ndarray, max_columns: int = MAX_COLUMNS) -> tuple[np.
 
 
 def image_grid(images: np.ndarray, *, columns: int | None = None, cells: np.ndarray | None = None,
-               padding: int = 2, min_cell: int = 64) -> np.ndarray:
+               padding: int = 2, min_cell: int = 64, row_titles: dict[int, str] | None = None) -> np.ndarray:
   """Tiles uint8 images `(N, H, W, C)` into one `(rows*H', cols*W', 3)` image, upscaling small ones (nearest).
 
   Args:
@@ -45,6 +45,7 @@ def image_grid(images: np.ndarray, *, columns: int | None = None, cells: np.ndar
     cells: the row-major cell of each image, shape `(N,)` (e.g. `class_cells`); None: 0, 1, ..., N - 1.
     padding: pixels between cells.
     min_cell: images smaller than this are enlarged by an integer factor.
+    row_titles: row -> a title written left of that row (e.g. a class's name at its first row).
 
   Returns:
     uint8 RGB array; cells that no image fills are white.
@@ -66,7 +67,15 @@ def image_grid(images: np.ndarray, *, columns: int | None = None, cells: np.ndar
   for cell, img in zip(cells, images):
     r, col = divmod(int(cell), cols)
     grid[padding + r * H: padding + r * H + h * scale, padding + col * W: padding + col * W + w * scale] = img
-  return grid
+  if not row_titles:
+    return grid
+  margin = 6 * max(len(t) for t in row_titles.values()) + 2 * padding + 4
+  titled = Image.new("RGB", (margin + grid.shape[1], grid.shape[0]), "white")
+  titled.paste(Image.fromarray(grid), (margin, 0))
+  draw = ImageDraw.Draw(titled)
+  for r, title in row_titles.items():
+    draw.text((padding + 2, padding + r * H + max(0, (h * scale - 10) // 2)), title, fill="black")
+  return np.asarray(titled)
 
 
 def save_scatter(points: np.ndarray, path: str, reference: np.ndarray | None = None, size: int = 512,
@@ -88,7 +97,8 @@ def save_scatter(points: np.ndarray, path: str, reference: np.ndarray | None = N
 def save_samples(samples: np.ndarray, path: str, info: data.DatasetInfo, dataset: str, *,
                  labels: np.ndarray | None = None, title: str | None = None) -> int:
   """The first `MAX_SHOWN` image samples in [-1, 1] as a grid (a block of rows per class when `labels` are
-  given, else square), or a scatter plot of 2-D samples with `title` on it.
+  given, each titled with the class's name where the data names its classes, else square), or a scatter plot of
+  2-D samples with `title` on it.
 
   Returns:
     How many samples the file shows.
@@ -98,8 +108,14 @@ def save_samples(samples: np.ndarray, path: str, info: data.DatasetInfo, dataset
     return len(samples)
   os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
   shown = data.to_uint8(samples[:MAX_SHOWN])
-  cells, columns = (None, None) if labels is None else class_cells(labels[:MAX_SHOWN])
-  Image.fromarray(image_grid(shown, columns=columns, cells=cells)).save(path)
+  cells, columns, titles = None, None, None
+  if labels is not None:
+    cells, columns = class_cells(labels[:MAX_SHOWN])
+    if info.class_names:  # each class's name at its first row
+      shown_labels = np.asarray(labels[:MAX_SHOWN])
+      titles = {int(cells[shown_labels == c].min()) // columns: info.class_names[int(c)]
+                for c in np.unique(shown_labels)}
+  Image.fromarray(image_grid(shown, columns=columns, cells=cells, row_titles=titles)).save(path)
   return len(shown)
 
 

@@ -197,14 +197,14 @@ def evaluate_bpd(exp: Experiment, params: Any, step: int | None, workdir: str) -
         clip_denoised=False, timesteps_per_call=ec.timesteps_per_call, progress=progress)
 
   bound = compiler.jit(bound)
-  n = data.num_examples(config, ec.split)
+  n = data.num_examples(config, exp.info, ec.split)
   num_batches = -(-min(n, ec.num_examples or n) // ec.batch_size)
   logging.info("Bits/dim on %s: %d batches of %d, %d timesteps each; compiling the bound...", ec.split,
                num_batches, ec.batch_size, T)
   progress.start(f"eval bits/dim on {ec.split}", num_batches * T, unit="timesteps of a batch")
   totals = {"total": 0.0, "prior": 0.0, "terms": 0.0}
   count, start = 0.0, time.time()
-  for b, batch in zip(range(num_batches), data.eval_batches(config, ec.split, ec.batch_size)):
+  for b, batch in zip(range(num_batches), data.eval_batches(config, exp.info, ec.split, ec.batch_size)):
     progress.offset = b * T
     keys = ["x", "mask"] + (["label"] if conditional else [])  # a conditional model's bound given the labels
     arrays = parallel.global_batch({k: batch[k] for k in keys}, exp.mesh)

@@ -176,12 +176,15 @@ class Scorer:
   # ------------------------------------------------------------------ data
 
   def _data_id(self) -> str:
-    where = os.path.abspath(os.path.expanduser(self.config.data.data_dir or "~/tensorflow_datasets"))
+    """Names the data the cached statistics are of: the prepared records' directory (whose name holds a folder's
+    fingerprint), else TFDS's data directory."""
+    where = self.info.records or os.path.abspath(
+        os.path.expanduser(self.config.data.data_dir or "~/tensorflow_datasets"))
     return f"{self.info.name}-{hashlib.sha1(where.encode()).hexdigest()[:8]}"
 
   def _split_arrays(self, split: str, limit: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
     """The first `limit` (all) images of `split` in memory, and their labels if any."""
-    records = data.image_records(self.info.name, split, self.config.data.data_dir)
+    records = data.image_records(self.info, split, self.config.data.data_dir)
     n = len(records) if limit is None else min(limit, len(records))
     examples = [records[i] for i in range(n)]
     images = np.stack([e["x"] for e in examples])
@@ -207,7 +210,7 @@ class Scorer:
   def train_statistics(self, chunk: int = 2048) -> Reference:
     """Mean and covariance of the train split's features, streamed in chunks of images (LSUN does not fit in
     memory), and the features of `_KID_REFERENCE` examples drawn from the seed, in the drawn order."""
-    records = data.image_records(self.info.name, "train", self.config.data.data_dir)
+    records = data.image_records(self.info, "train", self.config.data.data_dir)
     n = len(records)
     keep = np.random.default_rng(0).permutation(n)[:_KID_REFERENCE]
     slot = np.full(n, -1)

@@ -82,7 +82,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   scorer = quality.Scorer(config, exp.info, exp.mesh, metric) if metric is not None else None
   step_fn = make_train_step(exp, state)
   preview = sampler.Sampler(exp, config.sampling.preview_samples)
-  batches = data.iterate(data.train_batches(config), step // k, num_workers=config.data.num_workers)
+  batches = data.iterate(data.train_batches(config, exp.info), step // k, num_workers=config.data.num_workers)
   writer = MetricWriter(workdir)
   preemption = _Preemption() if jax.process_count() == 1 else None
   unit = "images" if exp.info.is_image else "points"

@@ -105,7 +105,9 @@ def load(workdir: str, **overrides: Any) -> Run:
   if os.path.exists(info_path):
     with open(info_path) as f:
       fields = json.load(f)
-    info = data.DatasetInfo(**{**fields, "shape": tuple(fields["shape"])})
+    names = fields.get("class_names")
+    info = data.DatasetInfo(**{**fields, "shape": tuple(fields["shape"]),
+                               "class_names": None if names is None else tuple(names)})
   exp = build(config, info=info)
   state, step = restore_latest(exp, workdir)
   return Run(exp, state, step)

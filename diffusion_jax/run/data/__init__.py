@@ -1,4 +1,5 @@
-"""The data of a run: datasets (`sources`, `toys`), the record parser (`records`), the training stream and the
+"""The data of a run: datasets (`sources`, `toys`), your own images (`folder`, `arrays`) and the standard datasets
+(`standard`) prepared into records (`prepared`), the record format (`records`), the training stream and the
 evaluation pass (`pipeline`), and the scaling of pixels to the model's input.
 
 Host batches are uint8 images (NHWC) or float32 points; `to_model_input` scales images to [-1, 1] on the
@@ -20,14 +21,15 @@ from diffusion_jax.run.data.pipeline import (
     stream_indices,
     train_batches,
 )
+from diffusion_jax.run.data.records import center_crop
 from diffusion_jax.run.data.sources import (
     CROP_SIZES,
     DATASETS,
     DIGITS_TEST_SIZE,
     IMAGE_DATASETS,
+    OWN_DATASETS,
     TOY_DATASETS,
     DatasetInfo,
-    center_crop,
     check_dataset_name,
     dataset_info,
     image_records,
@@ -36,10 +38,10 @@ from diffusion_jax.run.data.sources import (
 from diffusion_jax.run.data.toys import toy_points, toy_reference
 
 __all__ = [
-    "CROP_SIZES", "DATASETS", "DIGITS_TEST_SIZE", "IMAGE_DATASETS", "TOY_DATASETS", "DatasetInfo", "center_crop",
-    "check_batch_divisibility", "check_dataset_name", "dataset_info", "eval_batches", "flips", "image_records",
-    "image_source", "iterate", "num_examples", "stream_indices", "to_model_input", "to_uint8", "toy_points",
-    "toy_reference", "train_batches",
+    "CROP_SIZES", "DATASETS", "DIGITS_TEST_SIZE", "IMAGE_DATASETS", "OWN_DATASETS", "TOY_DATASETS", "DatasetInfo",
+    "center_crop", "check_batch_divisibility", "check_dataset_name", "dataset_info", "eval_batches", "flips",
+    "image_records", "image_source", "iterate", "num_examples", "stream_indices", "to_model_input", "to_uint8",
+    "toy_points", "toy_reference", "train_batches",
 ]
 
 

@@ -21,7 +21,7 @@ import numpy as np
 from absl import flags, logging
 
 from diffusion_jax.run.data.records import batch_decoder
-from diffusion_jax.run.data.sources import CROP_SIZES, TOY_DATASETS, image_source, split_records
+from diffusion_jax.run.data.sources import CROP_SIZES, DatasetInfo, image_source, split_records
 from diffusion_jax.run.data.toys import toy_points
 
 
@@ -35,12 +35,13 @@ def check_batch_divisibility(global_batch_size: int, key: str = "training.global
   return global_batch_size // jax.process_count()
 
 
-def train_batches(config: ml_collections.ConfigDict, *, process_index: int | None = None,
+def train_batches(config: ml_collections.ConfigDict, info: DatasetInfo, *, process_index: int | None = None,
                   process_count: int | None = None) -> grain.MapDataset:
   """Element `c` is this host's share of the global batches of the `k = training.steps_per_call` steps of call `c`.
 
   Args:
     config: the experiment config.
+    info: its dataset (`dataset_info`).
     process_index, process_count: which host's share; default this process's.
 
   Returns:
@@ -52,14 +53,14 @@ def train_batches(config: ml_collections.ConfigDict, *, process_index: int | Non
   process_count = jax.process_count() if process_count is None else process_count
   check_batch_divisibility(config.training.global_batch_size)
   local = config.training.global_batch_size // process_count
-  name = config.data.dataset
+  name = info.name
   # Each batch reads its records in one call: a fancy index of the toy points, `__getitems__` for images
   # (per-record reads cost several times as much), flipping those whose stream position draws a flip.
-  if name in TOY_DATASETS:
+  if not info.is_image:
     source = toy_points(name, "train")
     read = lambda _, indices: {"x": source[indices]}
   else:
-    source = image_source(name, "train", config.data.data_dir)
+    source = image_source(info, "train", config.data.data_dir)
     flip_seed = config.seed + 1 if config.data.get("random_flip", False) else None
     read = functools.partial(read_batch, batch_decoder(source, CROP_SIZES.get(name)), flip_seed)
   order = functools.partial(stream_indices, config.seed, len(source))
@@ -128,19 +129,20 @@ def iterate(ds: grain.MapDataset, start: int, num_threads: int = 2, prefetch: in
   return iter(it)
 
 
-def num_examples(config: ml_collections.ConfigDict, split: str) -> int:
-  """How many examples `split` of `config.data.dataset` has."""
-  return len(split_records(config, split))
+def num_examples(config: ml_collections.ConfigDict, info: DatasetInfo, split: str) -> int:
+  """How many examples `split` of the dataset `info` has."""
+  return len(split_records(config, info, split))
 
 
-def eval_batches(config: ml_collections.ConfigDict, split: str, batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+def eval_batches(config: ml_collections.ConfigDict, info: DatasetInfo, split: str,
+                 batch_size: int) -> Iterator[dict[str, np.ndarray]]:
   """One pass over `split` in order, this host's share of each global batch, the last batch padded.
 
   Yields:
     Dicts like `train_batches`, plus `mask` (float32, 1 for real examples, 0 for padding).
   """
   local = check_batch_divisibility(batch_size, "eval.batch_size")
-  ds = split_records(config, split)
+  ds = split_records(config, info, split)
   n = len(ds)
   num_batches = -(-n // batch_size)
   first = jax.process_index() * local

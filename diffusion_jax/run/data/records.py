@@ -11,10 +11,9 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import PIL.Image
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from tensorflow_datasets.core.data_sources import array_record
-
-from diffusion_jax.run.data.sources import record
 
 
 def _packed_example_class() -> type:
@@ -42,7 +41,34 @@ def _packed_example_class() -> type:
   return message_factory.GetMessageClass(pool.FindMessageTypeByName("diffusion_jax.PackedExample"))
 
 
-_PackedExample = _packed_example_class()
+PackedExample = _packed_example_class()
+
+
+def uint8_varints(values: np.ndarray) -> bytes:
+  """uint8 values as the packed varints of an `int64_list`: v < 128 is the byte v, 128 <= v < 256 the bytes (v, 1)."""
+  flat = np.asarray(values, np.uint8).reshape(-1)
+  pairs = np.stack([flat, np.ones_like(flat)], axis=1)
+  return pairs[np.stack([np.ones(flat.shape, bool), flat >= 128], axis=1)].tobytes()
+
+
+def encode_varint(value: int) -> bytes:
+  """The varint of one non-negative integer (little-endian groups of 7 bits, the high bit set on all but the last)."""
+  out = bytearray()
+  while True:
+    out.append((value & 0x7F) | (0x80 if value >= 0x80 else 0))
+    value >>= 7
+    if not value:
+      return bytes(out)
+
+
+def encode_record(image: np.ndarray, label: int | None) -> bytes:
+  """A serialized `tf.train.Example` {`image`: int64_list of the uint8 pixels, `label`: int64_list [label]}: what
+  TFDS writes for a uint8 `Tensor` and a `ClassLabel`, built without TensorFlow."""
+  example = PackedExample()
+  example.features.feature["image"].int64_list.value = uint8_varints(image)
+  if label is not None:
+    example.features.feature["label"].int64_list.value = encode_varint(int(label))
+  return example.SerializeToString(deterministic=True)
 
 
 def stores_int64_tensors(source: Any) -> bool:
@@ -76,7 +102,7 @@ def parse_int64_tensors(source: Any, shape: tuple[int, ...], keys: list[int]) ->
   """Records `keys` of a `stores_int64_tensors` source (images of `shape`) as one batch, parsed straight from the
   protos' packed int64 lists, in one pass over the batch instead of TFDS's per-example decoding (speed:
   BENCHMARKS.md)."""
-  features = [_PackedExample.FromString(r).features.feature for r in source.data_source.__getitems__(keys)]
+  features = [PackedExample.FromString(r).features.feature for r in source.data_source.__getitems__(keys)]
   x = uint8_values(b"".join([f["image"].int64_list.value for f in features]))
   if x.size != len(keys) * math.prod(shape):
     raise ValueError(f"{len(keys)} records of {source.dataset_info.name!r} (the first: {keys[0]}) hold {x.size} "
@@ -84,6 +110,30 @@ def parse_int64_tensors(source: Any, shape: tuple[int, ...], keys: list[int]) ->
   out = {"x": x.reshape(len(keys), *shape)}
   if "label" in features[0]:
     out["label"] = np.array([varint(f["label"].int64_list.value) for f in features], np.int32)
+  return out
+
+
+def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+  """The central square of an (H, W, C) uint8 image (its shorter side), resized to (size, size) bicubically.
+
+  Images whose shorter side is already `size` (LSUN's are stored so) are only cropped.
+  """
+  H, W = image.shape[:2]
+  side = min(H, W)
+  top, left = (H - side) // 2, (W - side) // 2
+  square = image[top:top + side, left:left + side]
+  if side == size:
+    return np.ascontiguousarray(square)
+  resized = PIL.Image.fromarray(square.squeeze(-1) if square.shape[-1] == 1 else square).resize(
+      (size, size), PIL.Image.BICUBIC)
+  return np.asarray(resized, np.uint8).reshape(size, size, image.shape[-1])
+
+
+def record(example: dict[str, Any], crop: int | None = None) -> dict[str, np.ndarray]:
+  image = np.asarray(example["image"], np.uint8)
+  out = {"x": image if crop is None else center_crop(image, crop)}
+  if "label" in example:
+    out["label"] = np.asarray(example["label"], np.int32)
   return out
 
 

@@ -8,25 +8,33 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import os
 from collections.abc import Iterator
 from typing import Any
 
 import grain
 import ml_collections
 import numpy as np
-import PIL.Image
 import tensorflow_datasets as tfds
 from absl import logging
 
 from diffusion_jax.run import logs
+from diffusion_jax.run.data import prepared, standard
+from diffusion_jax.run.data.arrays import prepare_arrays
+from diffusion_jax.run.data.folder import prepare_folder
+from diffusion_jax.run.data.records import record
 from diffusion_jax.run.data.toys import toy_points
 
 # TFDS warns that a dataset folder it is about to prepare has no dataset_info.json yet.
 logs.silence(r"Variant folder .* has no dataset_info\.json")
 
 
-IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "celeb_a_hq/256", "lsun/church_outdoor",
-                  "lsun/bedroom", "lsun/cat")
+IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "celeb_a_hq/256", "lsun/church_outdoor",
+                  "lsun/bedroom", "lsun/cat", "folder", "arrays")
+
+
+# Your own images: a directory tree (`data.image_dir`) or a NumPy file (`data.path`), prepared into records once.
+OWN_DATASETS = ("folder", "arrays")
 
 
 # Datasets of images of many sizes, read as their central square resized to this size (DDPM's 256x256 models).
@@ -50,6 +58,8 @@ class DatasetInfo:
   shape: tuple[int, ...]  # of one example: (H, W, C) or (dim,)
   num_classes: int | None
   is_image: bool
+  class_names: tuple[str, ...] | None = None  # class i's name, where the data names its classes
+  records: str | None = None  # the directory of prepared records (folder, arrays, `diffusion_jax.prepare`); None: TFDS
 
 
 class Digits(tfds.core.GeneratorBasedBuilder):
@@ -87,7 +97,7 @@ class Digits(tfds.core.GeneratorBasedBuilder):
       yield int(i), {"image": image, "label": int(label)}
 
 
-def image_source(name: str, split: str, data_dir: str | None) -> Any:
+def tfds_source(name: str, split: str, data_dir: str | None) -> Any:
   """A random-access TFDS source of `split`, preparing `digits` on first use; a clear error for anything unreadable.
 
   Args:
@@ -102,6 +112,9 @@ def image_source(name: str, split: str, data_dir: str | None) -> Any:
   how = (f"prepare it once with: python -c \"import tensorflow_datasets as tfds; "
          f"tfds.builder('{name}', data_dir={data_dir!r}).download_and_prepare(file_format='array_record')\""
          + ("" if name == "digits" else " (this needs network access, and TensorFlow for the download step)"))
+  if name in standard.ARCHIVES:
+    how = (f"prepare it once, without TensorFlow, with: python -m diffusion_jax.prepare {name}"
+           + (f" --data_dir {data_dir}" if data_dir else "") + f"; or {how}")
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except Exception as e:  # tfds raises its own error types for unknown or broken builders
@@ -131,54 +144,58 @@ def check_dataset_name(name: str) -> None:
     raise ValueError(f"Unknown data.dataset {name!r}; allowed: {', '.join(DATASETS)}.")
 
 
+def records_dir(config: ml_collections.ConfigDict) -> str | None:
+  """The prepared records `config.data` reads, preparing a folder or arrays now unless already done; None where
+  TFDS's own copy is read (no `python -m diffusion_jax.prepare` copy of the dataset)."""
+  dc = config.data
+  if dc.dataset == "folder":
+    return prepare_folder(dc, config.model.class_conditional, len(os.sched_getaffinity(0)))
+  if dc.dataset == "arrays":
+    return prepare_arrays(dc, config.model.class_conditional)
+  path = standard.prepared_path(dc.dataset, dc.data_dir)
+  return path if dc.dataset in standard.ARCHIVES and prepared.complete(path) else None
+
+
 def dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
   """Shape and classes of `config.data.dataset`, reading (or preparing) the data as needed."""
   name = config.data.dataset
   check_dataset_name(name)
   if name in TOY_DATASETS:
     return DatasetInfo(name, (2,), None, False)
-  source = image_source(name, "train", config.data.data_dir)
-  example = source[0]
-  num_classes = None
-  if "label" in example:
-    label = source.dataset_info.features["label"]
-    num_classes = label.num_classes if isinstance(label, tfds.features.ClassLabel) else None
-  return DatasetInfo(name, record(example, CROP_SIZES.get(name))["x"].shape, num_classes, True)
+  records = records_dir(config)
+  source = prepared.open_split(records, "train") if records else tfds_source(name, "train", config.data.data_dir)
+  label = source.dataset_info.features["label"] if "label" in source.dataset_info.features else None
+  names = tuple(label.names) if isinstance(label, tfds.features.ClassLabel) else None
+  shape = record(source[0], CROP_SIZES.get(name))["x"].shape
+  return DatasetInfo(name, shape, None if names is None else len(names), True, names, records)
 
 
-def center_crop(image: np.ndarray, size: int) -> np.ndarray:
-  """The central square of an (H, W, C) uint8 image (its shorter side), resized to (size, size) bicubically.
+def image_source(info: DatasetInfo, split: str, data_dir: str | None) -> Any:
+  """A random-access source of `split` of `info`'s images: its prepared records, else TFDS's copy.
 
-  Images whose shorter side is already `size` (LSUN's are stored so) are only cropped.
+  Args:
+    info: the dataset (`dataset_info`).
+    split: e.g. `train` or `test`.
+    data_dir: `data.data_dir`, where TFDS's copy lies.
+
+  Returns:
+    A source of examples {`image`, `label` if any}: `len()`, `[i]` and `__getitems__`.
   """
-  H, W = image.shape[:2]
-  side = min(H, W)
-  top, left = (H - side) // 2, (W - side) // 2
-  square = image[top:top + side, left:left + side]
-  if side == size:
-    return np.ascontiguousarray(square)
-  resized = PIL.Image.fromarray(square.squeeze(-1) if square.shape[-1] == 1 else square).resize(
-      (size, size), PIL.Image.BICUBIC)
-  return np.asarray(resized, np.uint8).reshape(size, size, image.shape[-1])
+  if info.records is None:
+    return tfds_source(info.name, split, data_dir)
+  if not prepared.complete(info.records):
+    raise FileNotFoundError(f"The prepared records of data.dataset = {info.name!r}, {info.records!r}, are gone; "
+                            "train again (a folder or arrays are prepared again) or prepare them again.")
+  return prepared.open_split(info.records, split)
 
 
-def record(example: dict[str, Any], crop: int | None = None) -> dict[str, np.ndarray]:
-  image = np.asarray(example["image"], np.uint8)
-  out = {"x": image if crop is None else center_crop(image, crop)}
-  if "label" in example:
-    out["label"] = np.asarray(example["label"], np.int32)
-  return out
-
-
-def image_records(name: str, split: str, data_dir: str | None) -> grain.MapDataset:
+def image_records(info: DatasetInfo, split: str, data_dir: str | None) -> grain.MapDataset:
   """`image_source` as records {`x`: uint8 (H, W, C), `label`: int32 if any}, cropped per `CROP_SIZES`."""
-  crop = CROP_SIZES.get(name)
-  return grain.MapDataset.source(image_source(name, split, data_dir)).map(lambda e: record(e, crop))
+  crop = CROP_SIZES.get(info.name)
+  return grain.MapDataset.source(image_source(info, split, data_dir)).map(lambda e: record(e, crop))
 
 
-def split_records(config: ml_collections.ConfigDict, split: str) -> grain.MapDataset:
-  name = config.data.dataset
-  check_dataset_name(name)
-  if name in TOY_DATASETS:
-    return grain.MapDataset.source(toy_points(name, split)).map(lambda p: {"x": p})
-  return image_records(name, split, config.data.data_dir)
+def split_records(config: ml_collections.ConfigDict, info: DatasetInfo, split: str) -> grain.MapDataset:
+  if not info.is_image:
+    return grain.MapDataset.source(toy_points(info.name, split)).map(lambda p: {"x": p})
+  return image_records(info, split, config.data.data_dir)
