@@ -46,7 +46,8 @@ def prepare(data_dir: str, records: int) -> None:
 
 def read_rate(config: Any, workers: int, prefetch: int, seconds: float) -> tuple[float, int]:
   """Images/s of `data.iterate(data.train_batches(config))` after a warm-up batch, and the batches read."""
-  it = data.iterate(data.train_batches(config), 0, num_threads=1, prefetch=prefetch, num_workers=workers)
+  it = data.iterate(data.train_batches(config, data.dataset_info(config)), 0, num_threads=1, prefetch=prefetch,
+                    num_workers=workers)
   next(it)
   batches, start = 0, time.perf_counter()
   while time.perf_counter() - start < seconds:
@@ -82,7 +83,7 @@ def main() -> None:
                  "images_per_s": rate, "batches": batches, "ms_per_batch": 1e3 * args.batch / rate})
     print(rows[-1], flush=True)
   mesh = parallel.make_mesh()
-  batch = next(data.iterate(data.train_batches(config), 0))
+  batch = next(data.iterate(data.train_batches(config, data.dataset_info(config)), 0))
   place = lambda: parallel.global_batch(batch, mesh, leading_axes=1)
   seconds = common.time_call(place, repeats=5, min_seconds=0.5)
   rows.append({"what": "host batch -> sharded device array (parallel.global_batch)",

@@ -20,7 +20,7 @@ def data_dir(tmp_path_factory):
   """A TFDS data_dir with the digits prepared (before any subprocess reads it)."""
   from diffusion_jax.run import data
   d = str(tmp_path_factory.mktemp("tfds"))
-  data.image_source("digits", "train", d)
+  data.tfds_source("digits", "train", d)
   return d
 
 

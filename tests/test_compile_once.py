@@ -33,7 +33,7 @@ def test_the_train_step_traces_once(exp):
                  out_shardings=parallel.replicated(exp.mesh))  # as the loop does: distinct buffers to donate
   state = init(jax.random.key(0))
   step_fn = make_train_step(exp, state)
-  batches = data.iterate(data.train_batches(exp.config), 0)
+  batches = data.iterate(data.train_batches(exp.config, exp.info), 0)
   holder = {"state": state}
 
   def one_step():

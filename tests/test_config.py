@@ -37,6 +37,25 @@ def test_schedule_arguments_from_the_config_reach_the_betas(name, kwargs):
     assert not np.array_equal(want, schedules.get_beta_schedule(name, num_diffusion_steps=50))
 
 
+@pytest.mark.parametrize("keys, match", [
+    ({"dataset": "folder"}, r"data.dataset = 'folder' needs data.image_dir \(it is None\)"),
+    ({"dataset": "folder", "image_dir": "x"}, r"data.dataset = 'folder' needs data.image_size"),
+    ({"dataset": "arrays"}, r"data.dataset = 'arrays' needs data.path"),
+    ({"image_dir": "x"}, r"data.image_dir = 'x' is only read with data.dataset = 'folder', not 'digits'"),
+    ({"dataset": "folder", "image_dir": "x", "path": "a.npz", "image_size": 8},
+     r"data.path = 'a.npz' is only read with data.dataset = 'arrays', not 'folder'"),
+    ({"image_size": 8}, r"data.image_size = 8 is only read with data.dataset = 'folder' or 'arrays'"),
+    ({"dataset": "folder", "image_dir": "x", "image_size": 0}, r"data.image_size = 0 is invalid; allowed: None or a"),
+    ({"dataset": "arrays", "path": "a.npz", "channels": 2}, r"data.channels = 2 is invalid; allowed: 1 \(grey\)"),
+    ({"dataset": "arrays", "path": "a.npz", "eval_fraction": 1.0}, r"data.eval_fraction = 1.0 is invalid; allowed: a"),
+])
+def test_the_keys_of_your_own_images(keys, match):
+  c = tiny.get_config()
+  c.data.update(keys)
+  with pytest.raises(ValueError, match=match):
+    config_lib.validate_config(c)
+
+
 @pytest.mark.parametrize("key, value, match", [
     ("training.timestep_weights", (1.0,) * 49, r"None \(uniform\) or 50 non-negative numbers"),
     ("training.timestep_weights", (1.0,) * 49 + (-1.0,), r"None \(uniform\) or 50 non-negative numbers"),
@@ -59,7 +78,7 @@ def test_validate_config_names_the_key_the_value_and_what_is_allowed(key, value,
     ("trainng.num_train_steps", 'Did you mean "num_train_steps" (training.num_train_steps)?'),
     ("training.batch_size", 'Did you mean "global_batch_size" (training.global_batch_size)?'),
     ("ema_decay", 'Did you mean "ema_decay" (training.ema_decay)?'),
-    ("model.channels", "The keys of 'model' are: model.attn_resolutions, model.ch, "),
+    ("model.width", "The keys of 'model' are: model.attn_resolutions, model.ch, "),
     ("zzz", "The sections are: data, diffusion, eval, model, pretrained, sampling, seed, training."),
 ])
 def test_unknown_key_message_names_the_closest_keys(key, want):
@@ -111,10 +130,13 @@ def test_every_config_file_builds_its_model(data_dir):
   c.data.data_dir = data_dir
   exp = experiment.build(c)
   assert exp.info.name == "digits" and exp.config.training.num_train_steps > 0
-  shapes = {"cifar10": (32, 32, 3), "mnist": (28, 28, 1), "swiss_roll": (2,), "digits": (8, 8, 1)}
+  shapes = {"cifar10": (32, 32, 3), "mnist": (28, 28, 1), "swiss_roll": (2,), "digits": (8, 8, 1),
+            "folder": (64, 64, 3)}
   for path in sorted(pathlib.Path(helpers.ROOT, "configs").glob("[a-z]*.py")):
     c = importlib.import_module(f"configs.{path.stem}").get_config()
     c.data.data_dir = data_dir
+    if c.data.dataset == "folder":  # the one key its command line adds
+      c.data.image_dir = "images"
     name = c.data.dataset
     shape = shapes.get(name, (256, 256, 3))
     info = data.DatasetInfo(name, shape, 10 if name in ("cifar10", "mnist", "digits") else None, name != "swiss_roll")

@@ -19,16 +19,20 @@ from helpers import tiny_config as _config
 
 def test_digits_is_a_real_tfds_dataset_read_through_data_source(data_dir):
   info = data.dataset_info(_config(data_dir))
-  assert info == data.DatasetInfo("digits", (8, 8, 1), 10, True)
+  assert info == data.DatasetInfo("digits", (8, 8, 1), 10, True, tuple("0123456789"))
   root = os.path.join(data_dir, "digits", "1.0.0")
   assert any(f.startswith("digits-train.array_record") for f in os.listdir(root))
-  train = data.image_source("digits", "train", data_dir)
-  test = data.image_source("digits", "test", data_dir)
+  train = data.tfds_source("digits", "train", data_dir)
+  test = data.tfds_source("digits", "test", data_dir)
   assert len(train) == 1797 - data.DIGITS_TEST_SIZE and len(test) == data.DIGITS_TEST_SIZE
   images = np.stack([train[i]["image"] for i in range(len(train))])
   assert images.dtype == np.uint8 and images.shape[1:] == (8, 8, 1)
   assert images.min() == 0 and images.max() == 255
   assert sorted({int(train[i]["label"]) for i in range(len(train))}) == list(range(10))
+
+
+def _train_batches(c, **kwargs):
+  return data.train_batches(c, data.dataset_info(c), **kwargs)
 
 
 class _TensorImages(tfds.core.GeneratorBasedBuilder):
@@ -98,19 +102,19 @@ def test_records_that_are_not_packed_uint8_lists_are_refused(tmp_path):
 
 def test_train_batches_deterministic_and_each_epoch_a_permutation(data_dir):
   c = _config(data_dir, global_batch_size=100)
-  ds = data.train_batches(c)
+  ds = _train_batches(c)
   n = 1797 - data.DIGITS_TEST_SIZE
   epoch = np.concatenate([ds[s]["x"][0] for s in range(n // 100)])  # 15 batches = one epoch exactly
   flat = epoch.reshape(len(epoch), -1)
-  source = data.image_source("digits", "train", data_dir)
+  source = data.tfds_source("digits", "train", data_dir)
   originals = np.stack([source[i]["image"] for i in range(n)]).reshape(n, -1)
   # Every example exactly once (as a multiset of images: some digits repeat pixel-for-pixel).
   assert sorted(map(bytes, flat)) == sorted(map(bytes, originals))
-  np.testing.assert_array_equal(data.train_batches(c)[7]["x"][0], ds[7]["x"][0])  # same seed, same batch
+  np.testing.assert_array_equal(_train_batches(c)[7]["x"][0], ds[7]["x"][0])  # same seed, same batch
   second = np.concatenate([ds[s]["x"][0] for s in range(n // 100, 2 * n // 100)])
   assert not np.array_equal(second, epoch)  # a new permutation next epoch
   c.seed = 1
-  assert not np.array_equal(data.train_batches(c)[0]["x"][0], ds[0]["x"][0])
+  assert not np.array_equal(_train_batches(c)[0]["x"][0], ds[0]["x"][0])
 
 
 @pytest.mark.parametrize("flip", [False, True])
@@ -118,9 +122,9 @@ def test_hosts_read_disjoint_shares_of_the_same_global_batch(data_dir, flip):
   """Each of P hosts reads global_batch / P examples; together they are the 1-host global batch (flips too)."""
   c = _config(data_dir, global_batch_size=8)
   c.data.random_flip = flip
-  whole = data.train_batches(c)
+  whole = _train_batches(c)
   for step in [0, 5]:
-    shares = [data.train_batches(c, process_index=p, process_count=4) for p in range(4)]
+    shares = [_train_batches(c, process_index=p, process_count=4) for p in range(4)]
     assert shares[0][step]["x"][0].shape == (2, 8, 8, 1)
     for key in ["x", "label"]:
       np.testing.assert_array_equal(np.concatenate([s[step][key][0] for s in shares]), whole[step][key][0])
@@ -139,7 +143,7 @@ def test_flips_are_a_fair_coin_per_position():
 def test_worker_processes_read_the_same_batches(data_dir):
   c = _config(data_dir, global_batch_size=8)
   c.data.random_flip = True
-  ds = data.train_batches(c)
+  ds = _train_batches(c)
   it = data.iterate(ds, 3, num_workers=2)
   for step in range(3, 9):
     got = next(it)
@@ -149,10 +153,10 @@ def test_worker_processes_read_the_same_batches(data_dir):
 
 def test_random_flip_is_a_mirror_image_and_deterministic(data_dir):
   c = _config(data_dir, global_batch_size=64)
-  plain = data.train_batches(c)[3]["x"][0]
+  plain = _train_batches(c)[3]["x"][0]
   c.data.random_flip = True
-  flipped = data.train_batches(c)[3]["x"][0]
-  np.testing.assert_array_equal(data.train_batches(c)[3]["x"][0], flipped)
+  flipped = _train_batches(c)[3]["x"][0]
+  np.testing.assert_array_equal(_train_batches(c)[3]["x"][0], flipped)
   mirrored = np.array([not np.array_equal(a, b) for a, b in zip(plain, flipped)])
   np.testing.assert_array_equal(flipped[mirrored], plain[mirrored][:, :, ::-1])
   assert 0.25 < mirrored.mean() < 0.75  # ~ half, binomial(64, 0.5) within 4 sd (some digits are symmetric)
@@ -160,22 +164,22 @@ def test_random_flip_is_a_mirror_image_and_deterministic(data_dir):
 
 def test_steps_per_call_stacks_consecutive_batches(data_dir):
   c = _config(data_dir, global_batch_size=8)
-  single = data.train_batches(c)
+  single = _train_batches(c)
   assert single[0]["x"].shape == (1, 8, 8, 8, 1)  # always a leading steps axis
   c.training.steps_per_call = 4
-  stacked = data.train_batches(c)[1]["x"]
+  stacked = _train_batches(c)[1]["x"]
   assert stacked.shape == (4, 8, 8, 8, 1)
   np.testing.assert_array_equal(stacked, np.stack([single[s]["x"][0] for s in range(4, 8)]))
 
 
 def test_eval_batches_cover_the_split_once_with_padding_masked(data_dir):
   c = _config(data_dir)
-  batches = list(data.eval_batches(c, "test", 100))
+  batches = list(data.eval_batches(c, data.dataset_info(c), "test", 100))
   assert len(batches) == 3
   assert sum(b["mask"].sum() for b in batches) == data.DIGITS_TEST_SIZE
   assert batches[-1]["mask"][:97].all() and not batches[-1]["mask"][97:].any()
   # Each example exactly once, in order: the real rows are the split itself.
-  source = data.image_source("digits", "test", data_dir)
+  source = data.tfds_source("digits", "test", data_dir)
   real = np.concatenate([b["x"][b["mask"] == 1] for b in batches])
   np.testing.assert_array_equal(real, np.stack([np.asarray(source[i]["image"]) for i in range(len(source))]))
   labels = np.concatenate([b["label"][b["mask"] == 1] for b in batches])
@@ -202,13 +206,13 @@ def test_toy_datasets(name):
   c.data.dataset = name
   c.training.global_batch_size = 256
   assert data.dataset_info(c) == data.DatasetInfo(name, (2,), None, False)
-  x = data.train_batches(c)[0]["x"][0]
+  x = _train_batches(c)[0]["x"][0]
   assert x.shape == (256, 2) and x.dtype == np.float32
   train = data.toy_points(name, "train")
   np.testing.assert_allclose(train.mean(0), 0, atol=1e-5)
   np.testing.assert_allclose(train.std(0), 1, atol=1e-5)
   # The first 78 batches of 256 (of one 20,000-point epoch) are distinct training points.
-  batches = data.train_batches(c)
+  batches = _train_batches(c)
   read = np.concatenate([batches[s]["x"][0] for s in range(78)])
   assert len(np.unique(read, axis=0)) == len(read)
   assert set(map(bytes, read)) <= set(map(bytes, train))

@@ -25,7 +25,7 @@ def test_a_padded_last_batch_gives_the_bits_per_dim_of_the_real_examples_only(da
   exp = experiment.build(c, info=INFO)
   params = _params(exp)
   got = modes.evaluate_bpd(exp, params, 0, str(tmp_path))
-  source = data.image_source("digits", "test", data_dir)
+  source = data.tfds_source("digits", "test", data_dir)
   images = np.stack([np.asarray(source[i]["image"]) for i in range(len(source))])
   labels = np.array([int(source[i]["label"]) for i in range(len(source))])
   assert len(images) == data.DIGITS_TEST_SIZE == 297

@@ -14,7 +14,9 @@ import helpers
 PACKAGE = pathlib.Path(helpers.ROOT) / "diffusion_jax"
 MODULES = sorted(".".join(p.relative_to(PACKAGE.parent).with_suffix("").parts).removesuffix(".__init__")
                  for p in PACKAGE.rglob("*.py"))
-RUNTIME = [m for m in MODULES if m.startswith("diffusion_jax.run")]
+# `python -m diffusion_jax.prepare` is a command of the runtime at the top of the package, for its short name.
+ENTRY_POINTS = ("diffusion_jax.prepare",)
+RUNTIME = [m for m in MODULES if m.startswith("diffusion_jax.run") or m in ENTRY_POINTS]
 MATH = [m for m in MODULES if m not in RUNTIME]
 HEAVY = ("orbax", "tensorflow_datasets", "grain", "optax")
 

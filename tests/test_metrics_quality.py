@@ -58,14 +58,14 @@ def test_classifier_is_accurate_deterministic_and_cached(data_dir, tmp_path):
   info = data.dataset_info(c)
   scorer = quality.Scorer(c, info, experiment.build(c).mesh, quality.check_quality_config(c, info))
   # The train split's statistics, streamed in chunks, are those of all its features at once (float64 NumPy).
-  train_images = np.stack([data.image_source("digits", "train", data_dir)[i]["image"] for i in range(1500)])
+  train_images = np.stack([data.tfds_source("digits", "train", data_dir)[i]["image"] for i in range(1500)])
   feats, _ = scorer._features(train_images)
   streamed = scorer.train_statistics(chunk=128)
   np.testing.assert_allclose(streamed.mean, feats.mean(0), rtol=1e-9, atol=1e-9)
   np.testing.assert_allclose(streamed.cov, np.cov(feats, rowvar=False), rtol=1e-9, atol=1e-9)
   np.testing.assert_array_equal(streamed.features, feats[np.random.default_rng(0).permutation(1500)])
   [path] = glob.glob(os.path.join(c.eval.cache_dir, f"classifier-digits-*-v{classifier.VERSION}.npz"))
-  source = data.image_source("digits", "test", data_dir)
+  source = data.tfds_source("digits", "test", data_dir)
   images = np.stack([source[i]["image"] for i in range(len(source))])
   labels = np.array([int(source[i]["label"]) for i in range(len(source))])
   params = classifier.load_or_train(path, (8, 8, 1), 10, lambda: (images, labels))  # cached: test data unused
@@ -105,7 +105,7 @@ def test_trained_digits_model_scores_far_better_than_an_untrained_one(digits_run
   assert trained["quality/confident_share"] > untrained["confident_share"]
   assert trained["quality/dataset_fid_baseline"] == pytest.approx(scorer.baseline["dataset_fid"])
   # The loss on 64 test digits at fixed t (spread over [0, T)) and noise falls. Measured: 0.979 -> 0.107 (9.2x).
-  source = data.image_source("digits", "test", c.data.data_dir)
+  source = data.tfds_source("digits", "test", c.data.data_dir)
   x0 = data.to_model_input(np.stack([source[i]["image"] for i in range(64)]))
   t = jnp.arange(64) * (c.diffusion.num_diffusion_steps // 64)
   noise = jax.random.normal(jax.random.key(9), x0.shape)
@@ -119,7 +119,7 @@ def test_real_digits_score_about_their_baseline(data_dir):
   c = _digits(data_dir, **{"eval.quality_samples": 297})
   info = data.dataset_info(c)
   scorer = quality.Scorer(c, info, experiment.build(c).mesh, quality.check_quality_config(c, info))
-  source = data.image_source("digits", "train", data_dir)
+  source = data.tfds_source("digits", "train", data_dir)
   real = scorer.score(np.stack([source[i]["image"] for i in range(297)]))
   # Measured: dataset FID 0.49 (train: part of the reference) vs 1.71 (test); confident share 0.85 vs 0.84;
   # class balance 0.993 vs 0.995.

@@ -121,7 +121,7 @@ def test_worker_processes_train_the_same_run(reference_run, tmp_path, caplog):
 def test_load_gives_the_trained_run_and_its_overrides(reference_run):
   config, workdir, state = reference_run
   run = trained.load(workdir)
-  assert run.step == 8 and run.experiment.info == data.DatasetInfo("digits", (8, 8, 1), 10, True)
+  assert run.step == 8 and run.experiment.info == data.DatasetInfo("digits", (8, 8, 1), 10, True, tuple("0123456789"))
   chex.assert_trees_all_equal(jax.tree.map(np.asarray, run.params), state.ema_params)
   raw = trained.load(workdir, **{"sampling.use_ema": False})
   chex.assert_trees_all_equal(jax.tree.map(np.asarray, raw.params), state.params)

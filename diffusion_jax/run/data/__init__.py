@@ -34,6 +34,7 @@ from diffusion_jax.run.data.sources import (
     dataset_info,
     image_records,
     image_source,
+    tfds_source,
 )
 from diffusion_jax.run.data.toys import toy_points, toy_reference
 
@@ -41,7 +42,7 @@ __all__ = [
     "CROP_SIZES", "DATASETS", "DIGITS_TEST_SIZE", "IMAGE_DATASETS", "OWN_DATASETS", "TOY_DATASETS", "DatasetInfo",
     "center_crop", "check_batch_divisibility", "check_dataset_name", "dataset_info", "eval_batches", "flips",
     "image_records", "image_source", "iterate", "num_examples", "stream_indices", "to_model_input", "to_uint8",
-    "toy_points", "toy_reference", "train_batches",
+    "tfds_source", "toy_points", "toy_reference", "train_batches",
 ]
 
 

@@ -35,10 +35,10 @@ def load_arrays(path: str) -> tuple[np.ndarray, np.ndarray | None]:
     raise ValueError(f"data.path = {path!r} is invalid; allowed: an .npz file (images, labels) or an .npy file.")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"data.path = {path!r}: no such file.")
-  with np.load(path, allow_pickle=False) as f:
-    if path.endswith(".npy"):
-      images, labels = f, None
-    else:
+  if path.endswith(".npy"):
+    images, labels = np.load(path, allow_pickle=False), None
+  else:
+    with np.load(path, allow_pickle=False) as f:
       if "images" not in f:
         raise ValueError(f"data.path = {path!r} has no array 'images' (it has {sorted(f.files)}); store the images "
                          "as images=, uint8 (N, H, W, C), and the optional labels as labels=.")
