@@ -30,6 +30,7 @@ from random_cifar10 import NAME, RandomCifar10  # noqa: E402
 import common  # noqa: E402
 from configs import default  # noqa: E402
 from diffusion_jax.run import data, parallel  # noqa: E402
+from diffusion_jax.run.data import sources  # noqa: E402
 
 
 def prepare(data_dir: str, records: int) -> None:
@@ -69,8 +70,8 @@ def main() -> None:
   args = common.parse_args(parser)
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   # The benchmark's dataset joins the built-in names for this process only.
-  data.IMAGE_DATASETS += (NAME,)
-  data.DATASETS += (NAME,)
+  sources.IMAGE_DATASETS += (NAME,)
+  sources.DATASETS += (NAME,)
   prepare(args.data_dir, args.records)
   config = default.get_config()
   config.data.update(dataset=NAME, data_dir=args.data_dir, random_flip=True)

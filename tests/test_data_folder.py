@@ -267,31 +267,32 @@ def test_bad_arrays_fail_clearly(tmp_path, arrays_kwargs, match):
     arrays.load_arrays(str(tmp_path / "bad.npz"))
 
 
-def test_a_killed_preparation_leaves_nothing_read_as_complete_and_a_rerun_equals_an_uninterrupted_one(tmp_path):
-  """kill -9 as the preparation starts, and while the worker processes write (1200 images: two train shards, in
-  parallel); then a preparation in this process writes exactly the records of one never interrupted."""
+def test_a_killed_preparation_leaves_nothing_read_as_complete_and_a_rerun_equals_an_uninterrupted_one(
+    tmp_path, monkeypatch):
+  """kill -9 as the preparation starts, as it writes its first shard, and as its worker processes write the others
+  (1200 images: three shards); then a preparation with worker processes writes exactly the records of one never
+  interrupted that ran in a single process."""
   root = str(tmp_path / "images")
   _class_folder(root, {"a": 600, "b": 600}, side=48)
   c = _config(tmp_path, image_dir=root)
-  code = ("import sys, ml_collections, json; from diffusion_jax.run.data import folder; "
+  code = ("import sys, ml_collections, json; from diffusion_jax.run.data import folder, prepared; "
+          "prepared.PARALLEL_AFTER_S = 0; "
           "folder.prepare_folder(ml_collections.ConfigDict(json.loads(sys.argv[1])), False, 2)")
   prepared_root = os.path.join(c.data.data_dir, "diffusion_jax")
-  for moment in ["started", "writing"]:
+  for shards_written in [0, 1, 2]:
     proc = subprocess.Popen([sys.executable, "-c", code, c.data.to_json()], cwd=helpers.ROOT, env=helpers.env())
+    mine = os.path.join(prepared_root, f"*.incomplete-*-{proc.pid}-*")
     deadline = time.time() + 60
-    while True:
-      leftovers = glob.glob(os.path.join(prepared_root, f"*.incomplete-*-{proc.pid}-*"))
-      shards = glob.glob(os.path.join(prepared_root, f"*.incomplete-*-{proc.pid}-*", "*.array_record-*"))
-      if (leftovers and moment == "started") or shards:
-        break
+    while not (glob.glob(mine) and len(glob.glob(os.path.join(mine, "*.array_record-*"))) >= shards_written):
       assert proc.poll() is None and time.time() < deadline
-      time.sleep(0.01)
+      time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    finals = [f for f in os.listdir(prepared_root) if ".incomplete-" not in f]
-    assert not finals  # killed before the end: nothing complete
+    assert not [f for f in os.listdir(prepared_root) if ".incomplete-" not in f]  # nothing complete
+  monkeypatch.setattr(prepared, "PARALLEL_AFTER_S", 0.0)  # the rerun: the first shard here, two in workers
   info = data.dataset_info(c)
   assert not [f for f in os.listdir(prepared_root) if ".incomplete-" in f]  # the leftovers are gone
+  monkeypatch.setattr(prepared, "PARALLEL_AFTER_S", float("inf"))  # the reference: all in this process
   c2 = c.copy_and_resolve_references()
   c2.data.data_dir = str(tmp_path / "uninterrupted")
   clean = data.dataset_info(c2)
@@ -300,6 +301,7 @@ def test_a_killed_preparation_leaves_nothing_read_as_complete_and_a_rerun_equals
   assert sorted(f for f in os.listdir(info.records) if ".array_record-" in f) == shards
   for f in shards:
     assert (open(os.path.join(info.records, f), "rb").read() == open(os.path.join(clean.records, f), "rb").read())
+  assert len(_records(info, "train")) + len(_records(info, "test")) == 1200
 
 
 def _coloured_classes(root, per_class):

@@ -17,7 +17,7 @@ import pytest
 import helpers
 from configs import tiny
 from diffusion_jax.run import data
-from diffusion_jax.run.data import standard
+from diffusion_jax.run.data import records, standard
 
 
 def _add(tar, name, payload):
@@ -112,8 +112,12 @@ def test_prepared_records_equal_the_published_arrays_and_the_configs_read_them(t
   assert info.records == path and info.class_names == tuple(names)
   assert info.shape == splits["train"][0].shape[1:]
   _check_records(info, splits, data_dir)
-  batch = data.train_batches(c, info)[0]
-  assert batch["x"].shape == (1, 8, *info.shape) and batch["label"].shape == (1, 8)
+  # The training stream parses these records straight from their bytes (the fast path) into the same pixels.
+  assert records.stores_int64_tensors(data.image_source(info, "train", data_dir))
+  batch = data.train_batches(c, info)[1]
+  order = data.stream_indices(c.seed, len(splits["train"][0]), 8 + np.arange(8))
+  np.testing.assert_array_equal(batch["x"][0], splits["train"][0][order])
+  np.testing.assert_array_equal(batch["label"][0], splits["train"][1][order])
 
 
 def test_a_wrong_checksum_is_refused_before_anything_is_written(tmp_path):

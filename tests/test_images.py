@@ -60,3 +60,18 @@ def test_a_conditional_grid_is_not_one_strip(tmp_path):
   per_class = int(np.ceil(52 / images.MAX_COLUMNS))  # classes 0 and 1 have 52 samples, the rest 51
   assert width == images.MAX_COLUMNS * 66 + 2
   assert height == 10 * per_class * 66 + 2
+
+
+def test_a_conditional_grid_names_each_class_left_of_its_first_row(tmp_path):
+  """Two classes of 20 samples wrap onto two rows each: the names stand in a white margin at rows 0 and 2 only."""
+  info = data.DatasetInfo("folder", (8, 8, 3), 2, True, ("cat", "horse"))
+  path = str(tmp_path / "grid.png")
+  images.save_samples(np.ones((40, 8, 8, 3), np.float32), path, info, "folder", labels=np.arange(40) % 2)
+  grid = np.asarray(Image.open(path))
+  margin = grid.shape[1] - (images.MAX_COLUMNS * 66 + 2)
+  assert margin == 6 * len("horse") + 8
+  assert (grid[:, margin:] == 255).all()  # the samples: white images (1.0), white padding
+  inked = [r for r in range(4) if (grid[2 + 66 * r: 2 + 66 * (r + 1), :margin] < 128).any()]
+  assert inked == [0, 2]
+  untitled = images.image_grid(np.zeros((4, 8, 8, 3), np.uint8), columns=2, min_cell=8)
+  assert untitled.shape == (2 * 10 + 2, 2 * 10 + 2, 3)

@@ -21,6 +21,7 @@ import multiprocessing
 import os
 import shutil
 import socket
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -38,7 +39,9 @@ from diffusion_jax.run.logs import Progress
 
 SHARD_IMAGES = 1024  # images per shard at most (fewer where a shard would pass SHARD_BYTES)
 SHARD_BYTES = 64 << 20
-PARALLEL_IMAGES = 1000  # fewer images are prepared in this process (starting workers would cost more)
+# Worker processes are started when this process alone would take longer than this for the shards after the first
+# (starting one costs ~1.5 s: it imports JAX and TFDS).
+PARALLEL_AFTER_S = 5.0
 PREPARATION_FILE = "preparation.json"  # what was prepared, from what, and what was skipped
 
 
@@ -127,19 +130,23 @@ def write_shard(reader: Reader, directory: str, name: str, shard: Shard) -> Shar
 
 def _run_shards(reader: Reader, directory: str, name: str, shards: list[Shard], num_workers: int,
                 progress: Progress) -> list[ShardResult]:
-  """Every shard, in `num_workers` spawned processes (in this one for fewer than 2, a single shard or fewer than
-  `PARALLEL_IMAGES` images), reporting progress."""
-  total, done, results = sum(len(s.items) for s in shards), 0, []
+  """Every shard, reporting progress: the first in this process, the rest in `num_workers` spawned processes where
+  the first one's rate says this process alone would take over `PARALLEL_AFTER_S` for them (else here too)."""
+  total, start = sum(len(s.items) for s in shards), time.perf_counter()
   progress.start(f"Preparing {name}", total, unit="images")
-  if num_workers < 2 or len(shards) == 1 or total < PARALLEL_IMAGES:
-    for shard in shards:
+  results = [write_shard(reader, directory, name, shards[0])]
+  done = len(shards[0].items)
+  progress.update(done)
+  alone_s = (time.perf_counter() - start) / max(done, 1) * (total - done)
+  if num_workers < 2 or len(shards) < 3 or alone_s < PARALLEL_AFTER_S:
+    for shard in shards[1:]:
       results.append(write_shard(reader, directory, name, shard))
       done += len(shard.items)
       progress.update(done)
     return results
   context = multiprocessing.get_context("spawn")  # this process runs JAX's threads: no fork
-  with concurrent.futures.ProcessPoolExecutor(min(num_workers, len(shards)), mp_context=context) as pool:
-    pending = {pool.submit(write_shard, reader, directory, name, s): s for s in shards}
+  with concurrent.futures.ProcessPoolExecutor(min(num_workers, len(shards) - 1), mp_context=context) as pool:
+    pending = {pool.submit(write_shard, reader, directory, name, s): s for s in shards[1:]}
     for future in concurrent.futures.as_completed(pending):
       results.append(future.result())
       done += len(pending[future].items)
