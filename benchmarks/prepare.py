@@ -30,7 +30,6 @@ from random_cifar10 import NAME  # noqa: E402
 
 import common  # noqa: E402
 from configs import default  # noqa: E402
-from diffusion_jax.run import data  # noqa: E402
 from diffusion_jax.run.data import folder, sources  # noqa: E402
 
 

@@ -29,13 +29,14 @@ def readme_blocks(lang: str) -> list[str]:
 
 
 def readme_main_commands() -> list[list[str]]:
-  """The words of every `python main.py ...` command in README's bash blocks, in order."""
+  """The words of every `python main.py ...` command in README's bash blocks, in order, but for templates (`NAME.py`,
+  `PATH/TO/...`: the user's own images, which test_data_folder.py trains on through main.py)."""
   commands = []
   for block in readme_blocks("bash"):
     for line in block.splitlines():
       for part in line.split("#")[0].split("&&"):
         words = shlex.split(part)
-        if words[:2] == ["python", "main.py"] and "NAME.py" not in part:
+        if words[:2] == ["python", "main.py"] and "NAME.py" not in part and "PATH/TO/" not in part:
           commands.append(words)
   return commands
 

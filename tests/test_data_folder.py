@@ -17,7 +17,7 @@ import pytest
 import helpers
 from configs import tiny
 from diffusion_jax.run import data
-from diffusion_jax.run.data import arrays, folder, prepared
+from diffusion_jax.run.data import arrays, prepared
 
 N = 16  # the prepared side
 
@@ -241,7 +241,7 @@ def test_arrays_are_prepared_like_a_folder(tmp_path):
   assert info.shape == (N, N, 3) and info.class_names == ("0", "1", "2", "3")
   train, test = _records(info, "train"), _records(info, "test")
   assert sorted(_ids(train) + _ids(test)) == list(range(50)) and len(test) > 0
-  assert _ids(test) == [i for i in range(50) if folder.held_out(str(i), 0.3)]
+  assert _ids(test) == [i for i in range(50) if prepared.held_out(str(i), 0.3)]
   for r in train + test:
     i = _ids([r])[0]
     np.testing.assert_array_equal(r["image"], images[i])
@@ -269,8 +269,8 @@ def test_bad_arrays_fail_clearly(tmp_path, arrays_kwargs, match):
 
 def test_a_killed_preparation_leaves_nothing_read_as_complete_and_a_rerun_equals_an_uninterrupted_one(
     tmp_path, monkeypatch):
-  """kill -9 as the preparation starts, as it writes its first shard, and as its worker processes write the others
-  (1200 images: three shards); then a preparation with worker processes writes exactly the records of one never
+  """kill -9 as the preparation starts, and as it writes (its first chunk written, its worker processes starting);
+  then a preparation whose worker processes encode all but the first chunk writes exactly the records of one never
   interrupted that ran in a single process."""
   root = str(tmp_path / "images")
   _class_folder(root, {"a": 600, "b": 600}, side=48)
@@ -279,17 +279,17 @@ def test_a_killed_preparation_leaves_nothing_read_as_complete_and_a_rerun_equals
           "prepared.PARALLEL_AFTER_S = 0; "
           "folder.prepare_folder(ml_collections.ConfigDict(json.loads(sys.argv[1])), False, 2)")
   prepared_root = os.path.join(c.data.data_dir, "diffusion_jax")
-  for shards_written in [0, 1, 2]:
+  for moment in ["started", "writing"]:
     proc = subprocess.Popen([sys.executable, "-c", code, c.data.to_json()], cwd=helpers.ROOT, env=helpers.env())
     mine = os.path.join(prepared_root, f"*.incomplete-*-{proc.pid}-*")
     deadline = time.time() + 60
-    while not (glob.glob(mine) and len(glob.glob(os.path.join(mine, "*.array_record-*"))) >= shards_written):
+    while not glob.glob(mine if moment == "started" else os.path.join(mine, "*-train.array_record-*")):
       assert proc.poll() is None and time.time() < deadline
       time.sleep(0.005)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not [f for f in os.listdir(prepared_root) if ".incomplete-" not in f]  # nothing complete
-  monkeypatch.setattr(prepared, "PARALLEL_AFTER_S", 0.0)  # the rerun: the first shard here, two in workers
+  monkeypatch.setattr(prepared, "PARALLEL_AFTER_S", 0.0)  # the rerun: the first chunk here, the others in workers
   info = data.dataset_info(c)
   assert not [f for f in os.listdir(prepared_root) if ".incomplete-" in f]  # the leftovers are gone
   monkeypatch.setattr(prepared, "PARALLEL_AFTER_S", float("inf"))  # the reference: all in this process
@@ -297,7 +297,7 @@ def test_a_killed_preparation_leaves_nothing_read_as_complete_and_a_rerun_equals
   c2.data.data_dir = str(tmp_path / "uninterrupted")
   clean = data.dataset_info(c2)
   shards = sorted(f for f in os.listdir(clean.records) if ".array_record-" in f)
-  assert len(shards) == 3  # train 2 shards, test 1
+  assert len(shards) == 2  # train, test
   assert sorted(f for f in os.listdir(info.records) if ".array_record-" in f) == shards
   for f in shards:
     assert (open(os.path.join(info.records, f), "rb").read() == open(os.path.join(clean.records, f), "rb").read())
@@ -340,7 +340,7 @@ def test_a_folder_of_classes_trains_samples_per_class_and_evaluates_through_main
   helpers.run_main("tiny.py", workdir, *overrides, mode="eval")
   with open(os.path.join(workdir, "eval_test_00000016.json")) as f:
     result = json.load(f)
-  held = sum(folder.held_out(f"{n}/{i:03d}.{'png' if i % 2 else 'jpg'}", 0.05) for n in names for i in range(100))
+  held = sum(prepared.held_out(f"{n}/{i:03d}.{'png' if i % 2 else 'jpg'}", 0.05) for n in names for i in range(100))
   assert result["num_examples"] == held > 0 and np.isfinite(result["bpd"])
 
 

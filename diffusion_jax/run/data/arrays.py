@@ -3,7 +3,7 @@
 `data.path` is an `.npz` with `images`, uint8 of shape (N, H, W, C) with C 1 or 3, and optionally `labels`, N
 integers in [0, K) (class i is named "i"), or an `.npy` holding the images alone. Images of another size than
 `data.image_size` (None: as stored), or another channel count than `data.channels`, are converted as a folder's
-(`folder.to_array`). Image i is held out when `folder.held_out(str(i), data.eval_fraction)`. The preparation is
+(`folder.to_array`). Image i is held out when `prepared.held_out(str(i), data.eval_fraction)`. The preparation is
 keyed by the file's path, size and modification time and the settings.
 """
 
@@ -19,7 +19,7 @@ import numpy as np
 import PIL.Image
 
 from diffusion_jax.run.data import prepared
-from diffusion_jax.run.data.folder import held_out, to_array
+from diffusion_jax.run.data.folder import to_array
 
 FORMAT = 1  # of the records arrays are prepared into; part of the fingerprint
 
@@ -36,7 +36,7 @@ def load_arrays(path: str) -> tuple[np.ndarray, np.ndarray | None]:
   if not os.path.isfile(path):
     raise FileNotFoundError(f"data.path = {path!r}: no such file.")
   if path.endswith(".npy"):
-    images, labels = np.load(path, allow_pickle=False), None
+    images, labels = np.load(path, mmap_mode="r", allow_pickle=False), None  # read as the records are written
   else:
     with np.load(path, allow_pickle=False) as f:
       if "images" not in f:
@@ -103,9 +103,8 @@ def prepare_arrays(data_config: ml_collections.ConfigDict, labelled: bool) -> st
                        f"arrays-{hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]}")
   kept = labels if labelled else None
   classes = None if kept is None else tuple(str(k) for k in range(int(kept.max()) + 1))
-  indices = range(len(images))
-  splits = {"train": [i for i in indices if not held_out(str(i), data_config.eval_fraction)],
-            "test": [i for i in indices if held_out(str(i), data_config.eval_fraction)]}
+  splits = prepared.held_out_splits(range(len(images)), [str(i) for i in range(len(images))],
+                                    data_config.eval_fraction, f"the {len(images)} images of data.path")
   write = lambda final: prepared.write(
       final, name="arrays", reader=ArrayReader(images, kept, size, data_config.channels), splits=splits,
       shape=(size, size, data_config.channels), class_names=classes, num_workers=0, source=settings)

@@ -13,9 +13,9 @@ keeps the central square; smaller images are upscaled (counted, with a warning).
 skipped and counted (the first names in the log and all of them in `preparation.json`).
 
 Labels: the first-level subdirectory names, sorted: class i is the i-th name. Split: a file is held out ('test')
-when the hash of its path relative to the folder falls below `data.eval_fraction`, so adding files never moves
-another. The preparation is keyed by a fingerprint of every image file's path, size and modification time and
-of the settings: an unchanged folder is never prepared twice, a changed one is prepared again.
+when the hash of its path relative to the folder falls below `data.eval_fraction` (`prepared.held_out`), so adding
+files never moves another. The preparation is keyed by a fingerprint of every image file's path, size and
+modification time and of the settings: an unchanged folder is never prepared twice, a changed one is prepared again.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import warnings
 
 import ml_collections
 import numpy as np
@@ -82,13 +81,6 @@ def class_names(images: list[ImageFile], image_dir: str) -> tuple[str, ...]:
   return tuple(sorted({f.path.split("/", 1)[0] for f in images}))
 
 
-def held_out(key: str, eval_fraction: float) -> bool:
-  """Whether the item named `key` is in the held-out split: the first 8 bytes of SHA-256(key), as a fraction of
-  2^64, fall below `eval_fraction`."""
-  u = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2.0**64
-  return u < eval_fraction
-
-
 def to_pixels(image: PIL.Image.Image, channels: int) -> PIL.Image.Image:
   """`image` as 8-bit grey ("L", `channels` 1) or RGB (`channels` 3), per the module's rules."""
   image = PIL.ImageOps.exif_transpose(image)
@@ -132,13 +124,10 @@ class FolderReader:
 
   def read(self, item: ImageFile) -> tuple[np.ndarray, int | None, bool]:
     try:
-      with warnings.catch_warnings():
-        warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
-        with PIL.Image.open(os.path.join(self.root, item.path)) as image:
-          image.load()
-          pixels, upscaled = to_array(image, self.size, self.channels)
-    except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombWarning,
-            PIL.Image.DecompressionBombError) as e:
+      with PIL.Image.open(os.path.join(self.root, item.path)) as image:
+        image.load()
+        pixels, upscaled = to_array(image, self.size, self.channels)
+    except (OSError, SyntaxError, ValueError, PIL.Image.DecompressionBombError) as e:
       raise prepared.SkipImage(f"{type(e).__name__}: {e}") from None
     label = None if self.classes is None else self.classes.index(item.path.split("/", 1)[0])
     return pixels, label, upscaled
@@ -168,8 +157,8 @@ def prepare_folder(data_config: ml_collections.ConfigDict, labelled: bool, num_w
     digest.update(f"{f.path}\0{f.size}\0{f.mtime_ns}\n".encode())
   final = os.path.join(prepared.default_root(data_config.data_dir), f"folder-{digest.hexdigest()[:16]}")
   size, channels = data_config.image_size, data_config.channels
-  splits = {"train": [f for f in images if not held_out(f.path, data_config.eval_fraction)],
-            "test": [f for f in images if held_out(f.path, data_config.eval_fraction)]}
+  splits = prepared.held_out_splits(images, [f.path for f in images], data_config.eval_fraction,
+                                    f"the {len(images)} images of data.image_dir = {data_config.image_dir!r}")
   write = lambda path: prepared.write(
       path, name="folder", reader=FolderReader(root, size, channels, classes), splits=splits,
       shape=(size, size, channels), class_names=classes, num_workers=num_workers,

@@ -7,8 +7,9 @@ written without TensorFlow: each record is a `tf.train.Example` built by `record
 
 Writing is atomic: every file goes into `FINAL.incomplete-HOST-PID-NONCE`, which is renamed to `FINAL` only when
 complete, so a preparation killed at any moment leaves nothing that `complete` accepts (its leftovers are removed
-by the next preparation on the same host). The shards are fixed by the items alone (`SHARD_IMAGES` per shard, in
-the given order), not by how many worker processes wrote them, so any host writes the same bytes.
+by the next preparation on the same host). Worker processes encode chunks of items and this process writes them in
+order; the shards are fixed by the items alone (`make_chunks`), not by how many workers encoded them, so any host
+writes the same bytes.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import glob
+import hashlib
+import itertools
 import math
 import multiprocessing
 import os
@@ -23,7 +26,7 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import jax
@@ -37,9 +40,9 @@ from diffusion_jax import files
 from diffusion_jax.run.data.records import encode_record
 from diffusion_jax.run.logs import Progress
 
-SHARD_IMAGES = 1024  # images per shard at most (fewer where a shard would pass SHARD_BYTES)
-SHARD_BYTES = 64 << 20
-# Worker processes are started when this process alone would take longer than this for the shards after the first
+CHUNK_IMAGES = 256  # items per unit of work (of a worker process)
+SHARD_BYTES = 256 << 20  # pixels per shard file, about: few large files read faster than many small ones
+# Worker processes are started when this process alone would take longer than this for the chunks after the first
 # (starting one costs ~1.5 s: it imports JAX and TFDS).
 PARALLEL_AFTER_S = 5.0
 PREPARATION_FILE = "preparation.json"  # what was prepared, from what, and what was skipped
@@ -75,83 +78,111 @@ def features(shape: tuple[int, ...], class_names: Sequence[str] | None) -> tfds.
 
 
 @dataclasses.dataclass(frozen=True)
-class Shard:
-  """Items `items` of `split`, written as shard `index` of `count`."""
+class Chunk:
+  """Items `items` of `split`, whose records go into shard `shard` of `num_shards` (after its earlier chunks)."""
 
   split: str
-  index: int
-  count: int
+  shard: int
+  num_shards: int
   items: tuple[Any, ...]
 
 
 @dataclasses.dataclass
-class ShardResult:
-  split: str
-  index: int
-  num_records: int
-  num_bytes: int
+class ChunkResult:
+  records: list[bytes]  # of the items that could be read, in order
   skipped: list[str]  # "name: why"
-  upscaled: list[str]
+  upscaled: int
 
 
-def make_shards(splits: dict[str, Sequence[Any]], image_bytes: int) -> list[Shard]:
-  """Each split's items in order, cut into shards of `SHARD_IMAGES` (fewer for large images)."""
-  per_shard = max(1, min(SHARD_IMAGES, SHARD_BYTES // max(image_bytes, 1)))
+def held_out(key: str, eval_fraction: float) -> bool:
+  """Whether the item named `key` is in the held-out split: the first 8 bytes of SHA-256(key), as a fraction of
+  2^64, fall below `eval_fraction`."""
+  u = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2.0**64
+  return u < eval_fraction
+
+
+def held_out_splits(items: Sequence[Any], keys: Sequence[str], eval_fraction: float,
+                    what: str) -> dict[str, list[Any]]:
+  """{'train': items kept, 'test': items `held_out` by their key}, in order; `ValueError` if nothing is kept."""
+  test = [held_out(k, eval_fraction) for k in keys]
+  splits = {"train": [i for i, t in zip(items, test) if not t], "test": [i for i, t in zip(items, test) if t]}
+  if not splits["train"]:
+    raise ValueError(f"data.eval_fraction = {eval_fraction} holds out all {what}; lower it.")
+  return splits
+
+
+def make_chunks(splits: dict[str, Sequence[Any]], image_bytes: int) -> list[Chunk]:
+  """Each split's items in order, in chunks of `CHUNK_IMAGES`, whole chunks to a shard of about `SHARD_BYTES`:
+  fixed by the items alone, so any number of workers writes the same files."""
+  per_shard = max(1, SHARD_BYTES // (CHUNK_IMAGES * max(image_bytes, 1))) * CHUNK_IMAGES
   out = []
   for split, items in splits.items():
-    count = math.ceil(len(items) / per_shard)
-    out += [Shard(split, i, count, tuple(items[i * per_shard:(i + 1) * per_shard])) for i in range(count)]
+    num_shards = math.ceil(len(items) / per_shard)
+    out += [Chunk(split, start // per_shard, num_shards, tuple(items[start:start + CHUNK_IMAGES]))
+            for start in range(0, len(items), CHUNK_IMAGES)]
   return out
 
 
-def shard_path(directory: str, name: str, shard: Shard) -> str:
-  return os.path.join(directory, f"{name}-{shard.split}.array_record-{shard.index:05d}-of-{shard.count:05d}")
+def shard_path(directory: str, name: str, split: str, shard: int, num_shards: int) -> str:
+  return os.path.join(directory, f"{name}-{split}.array_record-{shard:05d}-of-{num_shards:05d}")
 
 
-def write_shard(reader: Reader, directory: str, name: str, shard: Shard) -> ShardResult:
-  """Reads the shard's items and writes those that can be read as one array_record file (in a worker process)."""
-  result = ShardResult(shard.split, shard.index, 0, 0, [], [])
-  writer = array_record_module.ArrayRecordWriter(shard_path(directory, name, shard), "group_size:1")
-  for item in shard.items:
+def encode_chunk(reader: Reader, chunk: Chunk) -> ChunkResult:
+  """The records of the chunk's items that can be read (in a worker process, or this one)."""
+  result = ChunkResult([], [], 0)
+  for item in chunk.items:
     try:
       image, label, upscaled = reader.read(item)
     except SkipImage as e:
       result.skipped.append(f"{reader.describe(item)}: {e}")
       continue
-    record = encode_record(image, label)
-    writer.write(record)
-    result.num_records += 1
-    result.num_bytes += len(record)
-    if upscaled:
-      result.upscaled.append(reader.describe(item))
-  writer.close()
+    result.records.append(encode_record(image, label))
+    result.upscaled += upscaled
   return result
 
 
-def _run_shards(reader: Reader, directory: str, name: str, shards: list[Shard], num_workers: int,
-                progress: Progress) -> list[ShardResult]:
-  """Every shard, reporting progress: the first in this process, the rest in `num_workers` spawned processes where
-  the first one's rate says this process alone would take over `PARALLEL_AFTER_S` for them (else here too)."""
-  total, start = sum(len(s.items) for s in shards), time.perf_counter()
-  progress.start(f"Preparing {name}", total, unit="images")
-  results = [write_shard(reader, directory, name, shards[0])]
-  done = len(shards[0].items)
-  progress.update(done)
-  alone_s = (time.perf_counter() - start) / max(done, 1) * (total - done)
-  if num_workers < 2 or len(shards) < 3 or alone_s < PARALLEL_AFTER_S:
-    for shard in shards[1:]:
-      results.append(write_shard(reader, directory, name, shard))
-      done += len(shard.items)
-      progress.update(done)
-    return results
+def _encoded(reader: Reader, chunks: list[Chunk], num_workers: int) -> Iterator[ChunkResult]:
+  """`encode_chunk` of every chunk, in order: the first here, the rest in `num_workers` spawned processes where the
+  first one's rate says this process alone would take over `PARALLEL_AFTER_S` for them (else here too)."""
+  start = time.perf_counter()
+  yield encode_chunk(reader, chunks[0])
+  alone_s = (time.perf_counter() - start) / len(chunks[0].items) * sum(len(c.items) for c in chunks[1:])
+  if num_workers < 2 or len(chunks) < 3 or alone_s < PARALLEL_AFTER_S:
+    yield from (encode_chunk(reader, c) for c in chunks[1:])
+    return
   context = multiprocessing.get_context("spawn")  # this process runs JAX's threads: no fork
-  with concurrent.futures.ProcessPoolExecutor(min(num_workers, len(shards) - 1), mp_context=context) as pool:
-    pending = {pool.submit(write_shard, reader, directory, name, s): s for s in shards[1:]}
-    for future in concurrent.futures.as_completed(pending):
-      results.append(future.result())
-      done += len(pending[future].items)
-      progress.update(done)
-  return results
+  with concurrent.futures.ProcessPoolExecutor(min(num_workers, len(chunks) - 1), mp_context=context) as pool:
+    yield from pool.map(encode_chunk, itertools.repeat(reader), chunks[1:])
+
+
+def _write_chunks(reader: Reader, directory: str, name: str, chunks: list[Chunk], num_workers: int,
+                  progress: Progress) -> tuple[dict[str, list[int]], dict[str, int], list[str], int]:
+  """Writes the records of `chunks` into their shards, in order, with a progress line.
+
+  Returns:
+    (split -> records per shard, split -> bytes, the skipped items, how many were upscaled).
+  """
+  progress.start(f"Preparing {name}", sum(len(c.items) for c in chunks), unit="images")
+  lengths, sizes, skipped, upscaled, done = {}, {}, [], 0, 0
+  writer, current = None, None
+  for chunk, result in zip(chunks, _encoded(reader, chunks, num_workers)):
+    if (chunk.split, chunk.shard) != current:
+      if writer is not None:
+        writer.close()
+      current = (chunk.split, chunk.shard)
+      writer = array_record_module.ArrayRecordWriter(
+          shard_path(directory, name, chunk.split, chunk.shard, chunk.num_shards), "group_size:1")
+      lengths.setdefault(chunk.split, []).append(0)
+    for record in result.records:
+      writer.write(record)
+    lengths[chunk.split][-1] += len(result.records)
+    sizes[chunk.split] = sizes.get(chunk.split, 0) + sum(map(len, result.records))
+    skipped += result.skipped
+    upscaled += result.upscaled
+    done += len(chunk.items)
+    progress.update(done)
+  writer.close()
+  return lengths, sizes, skipped, upscaled
 
 
 def _alive(pid: int) -> bool:
@@ -192,23 +223,19 @@ def write(final: str, *, name: str, reader: Reader, splits: dict[str, Sequence[A
   _remove_leftovers(final)
   tmp = f"{final}.incomplete-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
   os.makedirs(tmp)
-  shards = make_shards(splits, math.prod(shape))
-  results = _run_shards(reader, tmp, name, shards, num_workers, Progress())
-  skipped = [s for r in sorted(results, key=lambda r: (r.split, r.index)) for s in r.skipped]
-  upscaled = sum(len(r.upscaled) for r in results)
+  lengths, sizes, skipped, upscaled = _write_chunks(reader, tmp, name, make_chunks(splits, math.prod(shape)),
+                                                    num_workers, Progress())
   if skipped:
     logging.warning("Skipped %d unreadable images of %s; the first: %s", len(skipped), name, "; ".join(skipped[:5]))
   if upscaled:
     logging.warning("Upscaled %d images of %s smaller than %dx%d.", upscaled, name, shape[0], shape[1])
   split_infos = []
-  for split in splits:
-    mine = sorted((r for r in results if r.split == split), key=lambda r: r.index)
-    if sum(r.num_records for r in mine) == 0:
-      for shard in (s for s in shards if s.split == split):
-        os.remove(shard_path(tmp, name, shard))
+  for split, shard_lengths in lengths.items():
+    if sum(shard_lengths) == 0:  # every item of the split was unreadable
+      for shard in range(len(shard_lengths)):
+        os.remove(shard_path(tmp, name, split, shard, len(shard_lengths)))
       continue
-    split_infos.append(tfds.core.SplitInfo(name=split, shard_lengths=[r.num_records for r in mine],
-                                           num_bytes=sum(r.num_bytes for r in mine)))
+    split_infos.append(tfds.core.SplitInfo(name=split, shard_lengths=shard_lengths, num_bytes=sizes[split]))
   if "train" not in [s.name for s in split_infos]:
     shutil.rmtree(tmp)
     raise ValueError(f"No image of {name} could be read ({len(skipped)} unreadable); the first: "

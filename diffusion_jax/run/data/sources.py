@@ -149,7 +149,8 @@ def records_dir(config: ml_collections.ConfigDict) -> str | None:
   TFDS's own copy is read (no `python -m diffusion_jax.prepare` copy of the dataset)."""
   dc = config.data
   if dc.dataset == "folder":
-    return prepare_folder(dc, config.model.class_conditional, len(os.sched_getaffinity(0)))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return prepare_folder(dc, config.model.class_conditional, cores or 1)
   if dc.dataset == "arrays":
     return prepare_arrays(dc, config.model.class_conditional)
   path = standard.prepared_path(dc.dataset, dc.data_dir)

@@ -92,9 +92,12 @@ def locate(name: str, archive: str | None, data_dir: str | None, checksums: dict
     if not os.path.isfile(path):
       raise FileNotFoundError(f"--archive {archive!r}: no file {file} there ({name} needs "
                               f"{', '.join(ARCHIVES[name])}).")
-    if md5(path) != checksums[file]:
-      raise ValueError(f"--archive {path!r} has MD5 {md5(path)}, not the published {checksums[file]} of {file}: "
-                       "a different or damaged file.")
+    digest = md5(path)
+    if digest != checksums[file]:
+      if archive is None:  # a damaged download: the next run fetches it again
+        os.remove(path)
+      raise ValueError(f"--archive {path!r} has MD5 {digest}, not the published {checksums[file]} of {file}: "
+                       "a different or damaged file" + (" (removed)." if archive is None else "."))
     paths[file] = path
   return paths
 
