@@ -51,3 +51,12 @@ def write_npz(path: str, arrays: dict[str, np.ndarray]) -> None:
   """`arrays` as an uncompressed `.npz` at `path`, complete or absent."""
   with atomic_open(path, "wb") as f:
     np.savez(f, **arrays)
+
+
+def fsync_dir(path: str) -> None:
+  """Flushes the entries of the directory `path` (files created or renamed into it) to disk."""
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)

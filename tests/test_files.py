@@ -37,3 +37,9 @@ def test_only_write_modes_are_taken(tmp_path):
   with pytest.raises(ValueError, match="mode = 'a' is invalid"):
     with files.atomic_open(str(tmp_path / "x"), "a"):
       pass
+
+
+def test_fsync_dir_flushes_a_directory_and_refuses_a_missing_one(tmp_path):
+  files.fsync_dir(str(tmp_path))
+  with pytest.raises(FileNotFoundError):
+    files.fsync_dir(str(tmp_path / "missing"))

@@ -27,7 +27,6 @@ from diffusion_jax.run.data.sources import (
     DATASETS,
     DIGITS_TEST_SIZE,
     IMAGE_DATASETS,
-    OWN_DATASETS,
     TOY_DATASETS,
     DatasetInfo,
     check_dataset_name,
@@ -39,7 +38,7 @@ from diffusion_jax.run.data.sources import (
 from diffusion_jax.run.data.toys import toy_points, toy_reference
 
 __all__ = [
-    "CROP_SIZES", "DATASETS", "DIGITS_TEST_SIZE", "IMAGE_DATASETS", "OWN_DATASETS", "TOY_DATASETS", "DatasetInfo",
+    "CROP_SIZES", "DATASETS", "DIGITS_TEST_SIZE", "IMAGE_DATASETS", "TOY_DATASETS", "DatasetInfo",
     "center_crop", "check_batch_divisibility", "check_dataset_name", "dataset_info", "eval_batches", "flips",
     "image_records", "image_source", "iterate", "num_examples", "stream_indices", "to_model_input", "to_uint8",
     "tfds_source", "toy_points", "toy_reference", "train_batches",

@@ -42,6 +42,9 @@ from diffusion_jax.run.logs import Progress
 
 CHUNK_IMAGES = 256  # items per unit of work (of a worker process)
 SHARD_BYTES = 256 << 20  # pixels per shard file, about: few large files read faster than many small ones
+# One record per group (random access), uncompressed: zstd (the default) would take 2.4 ms of a 256x256 record's
+# ~3.4 ms, in the process that writes, to save a third of the disk (BENCHMARKS.md).
+WRITER_OPTIONS = "group_size:1,uncompressed"
 # Worker processes are started when this process alone would take longer than this for the chunks after the first
 # (starting one costs ~1.5 s: it imports JAX and TFDS).
 PARALLEL_AFTER_S = 5.0
@@ -171,7 +174,7 @@ def _write_chunks(reader: Reader, directory: str, name: str, chunks: list[Chunk]
         writer.close()
       current = (chunk.split, chunk.shard)
       writer = array_record_module.ArrayRecordWriter(
-          shard_path(directory, name, chunk.split, chunk.shard, chunk.num_shards), "group_size:1")
+          shard_path(directory, name, chunk.split, chunk.shard, chunk.num_shards), WRITER_OPTIONS)
       lengths.setdefault(chunk.split, []).append(0)
     for record in result.records:
       writer.write(record)
@@ -223,6 +226,29 @@ def write(final: str, *, name: str, reader: Reader, splits: dict[str, Sequence[A
   _remove_leftovers(final)
   tmp = f"{final}.incomplete-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
   os.makedirs(tmp)
+  try:
+    split_infos = _write_all(tmp, name=name, reader=reader, splits=splits, shape=shape, class_names=class_names,
+                             num_workers=num_workers, source=source)
+    for entry in os.scandir(tmp):  # on disk before the rename makes them visible, also after a power loss
+      with open(entry.path, "rb") as f:
+        os.fsync(f.fileno())
+    files.fsync_dir(tmp)
+  except BaseException:
+    shutil.rmtree(tmp, ignore_errors=True)
+    raise
+  try:
+    os.rename(tmp, final)
+  except OSError:  # another process finished first: its records are the same
+    shutil.rmtree(tmp, ignore_errors=True)
+  files.fsync_dir(os.path.dirname(final))
+  logging.info("Prepared %s in %s: %s.", name, final,
+               ", ".join(f"{s.num_examples} {s.name} records" for s in split_infos))
+
+
+def _write_all(tmp: str, *, name: str, reader: Reader, splits: dict[str, Sequence[Any]], shape: tuple[int, ...],
+               class_names: Sequence[str] | None, num_workers: int,
+               source: dict[str, Any]) -> list[tfds.core.SplitInfo]:
+  """`write`'s files, into `tmp`; returns the splits written."""
   lengths, sizes, skipped, upscaled = _write_chunks(reader, tmp, name, make_chunks(splits, math.prod(shape)),
                                                     num_workers, Progress())
   if skipped:
@@ -237,7 +263,6 @@ def write(final: str, *, name: str, reader: Reader, splits: dict[str, Sequence[A
       continue
     split_infos.append(tfds.core.SplitInfo(name=split, shard_lengths=shard_lengths, num_bytes=sizes[split]))
   if "train" not in [s.name for s in split_infos]:
-    shutil.rmtree(tmp)
     raise ValueError(f"No image of {name} could be read ({len(skipped)} unreadable); the first: "
                      f"{'; '.join(skipped[:5])}.")
   tfds.folder_dataset.write_metadata(data_dir=tmp, features=features(shape, class_names), split_infos=split_infos,
@@ -245,12 +270,7 @@ def write(final: str, *, name: str, reader: Reader, splits: dict[str, Sequence[A
   files.write_json(os.path.join(tmp, PREPARATION_FILE), {
       "source": source, "records": {s.name: s.num_examples for s in split_infos},
       "skipped": skipped, "upscaled": upscaled})
-  try:
-    os.rename(tmp, final)
-  except OSError:  # another process finished first: its records are the same
-    shutil.rmtree(tmp, ignore_errors=True)
-  logging.info("Prepared %s in %s: %s.", name, final,
-               ", ".join(f"{s.num_examples} {s.name} records" for s in split_infos))
+  return split_infos
 
 
 def complete(final: str) -> bool:

@@ -1,4 +1,5 @@
-"""The datasets: their registry, the built-in digits as a TFDS builder, random-access TFDS sources and records.
+"""The datasets: their registry, the built-in digits as a TFDS builder, and random-access sources: prepared records
+(your own images, `folder` and `arrays`, and the standard datasets of `python -m diffusion_jax.prepare`) or TFDS's.
 
 Records are dicts {`x`: uint8 (H, W, C) or float32 points, `label`: int32 when the dataset has labels}.
 """
@@ -31,10 +32,6 @@ logs.silence(r"Variant folder .* has no dataset_info\.json")
 
 IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "cifar100", "celeb_a_hq/256", "lsun/church_outdoor",
                   "lsun/bedroom", "lsun/cat", "folder", "arrays")
-
-
-# Your own images: a directory tree (`data.image_dir`) or a NumPy file (`data.path`), prepared into records once.
-OWN_DATASETS = ("folder", "arrays")
 
 
 # Datasets of images of many sizes, read as their central square resized to this size (DDPM's 256x256 models).
