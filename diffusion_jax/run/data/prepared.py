@@ -283,7 +283,7 @@ def ensure(final: str, prepare: Callable[[str], None]) -> str:
   others wait; a process that then still finds nothing (its file system is not process 0's) prepares its own."""
   if complete(final):
     return final
-  if jax.process_count() > 1:
+  if jax.distributed.is_initialized() and jax.process_count() > 1:  # (no backend started for a single process)
     if jax.process_index() == 0:
       prepare(final)
     multihost_utils.sync_global_devices(f"prepared {os.path.basename(final)}")

@@ -20,7 +20,7 @@ import urllib.request
 from collections.abc import Sequence
 
 import numpy as np
-from absl import logging
+from absl import flags, logging
 
 from diffusion_jax import files
 from diffusion_jax.run.data import prepared
@@ -205,6 +205,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument("--archive", help="the published file (CIFAR) or the directory of the four idx files (MNIST)")
   parser.add_argument("--data_dir", help="data.data_dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets)")
   args = parser.parse_args(argv)
+  flags.FLAGS.mark_as_parsed()  # absl's log lines (as main.py's), without absl's own flags
+  logging.use_absl_handler()
   logging.set_verbosity(logging.INFO)
   try:
     path = prepare(args.name, archive=args.archive, data_dir=args.data_dir)
