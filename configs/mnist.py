@@ -2,7 +2,7 @@
 
     python main.py --config configs/mnist.py --workdir workdirs/mnist
 
-Needs MNIST prepared as array_record once (see README). Digits are clearly
+Needs MNIST prepared once: python -m diffusion_jax.prepare mnist. Digits are clearly
 formed after ~20k steps.
 """
 
