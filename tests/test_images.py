@@ -75,3 +75,11 @@ def test_a_conditional_grid_names_each_class_left_of_its_first_row(tmp_path):
   assert inked == [0, 2]
   untitled = images.image_grid(np.zeros((4, 8, 8, 3), np.uint8), columns=2, min_cell=8)
   assert untitled.shape == (2 * 10 + 2, 2 * 10 + 2, 3)
+
+
+def test_long_and_non_ascii_class_names_are_shortened_for_the_grid(tmp_path):
+  info = data.DatasetInfo("folder", (8, 8, 3), 2, True, ("chat noir à poil long très long", "犬"))
+  path = str(tmp_path / "grid.png")
+  images.save_samples(np.ones((4, 8, 8, 3), np.float32), path, info, "folder", labels=np.arange(4) % 2)
+  margin = np.asarray(Image.open(path)).shape[1] - (2 * 66 + 2)
+  assert margin == 6 * 24 + 8  # 24 characters at most

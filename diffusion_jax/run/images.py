@@ -94,6 +94,12 @@ def save_scatter(points: np.ndarray, path: str, reference: np.ndarray | None = N
   img.save(path)
 
 
+def _short(name: str, limit: int = 24) -> str:
+  """`name` as a grid's row title: ASCII (the default font's), at most `limit` characters."""
+  name = name.encode("ascii", "replace").decode()
+  return name if len(name) <= limit else name[:limit - 3] + "..."
+
+
 def save_samples(samples: np.ndarray, path: str, info: data.DatasetInfo, dataset: str, *,
                  labels: np.ndarray | None = None, title: str | None = None) -> int:
   """The first `MAX_SHOWN` image samples in [-1, 1] as a grid (a block of rows per class when `labels` are
@@ -113,7 +119,7 @@ def save_samples(samples: np.ndarray, path: str, info: data.DatasetInfo, dataset
     cells, columns = class_cells(labels[:MAX_SHOWN])
     if info.class_names:  # each class's name at its first row
       shown_labels = np.asarray(labels[:MAX_SHOWN])
-      titles = {int(cells[shown_labels == c].min()) // columns: info.class_names[int(c)]
+      titles = {int(cells[shown_labels == c].min()) // columns: _short(info.class_names[int(c)])
                 for c in np.unique(shown_labels)}
   Image.fromarray(image_grid(shown, columns=columns, cells=cells, row_titles=titles)).save(path)
   return len(shown)

@@ -1,6 +1,7 @@
-"""A batch of TFDS array_record records parsed straight from their bytes, where the images are stored as uint8
-tensors: TFDS writes such a tensor as a `tf.train.Example` `int64_list` of packed varints, which its own parser
-turns into one Python int per value.
+"""The records: a batch of TFDS array_record records parsed straight from their bytes, where the images are stored as
+uint8 tensors (TFDS writes such a tensor as a `tf.train.Example` `int64_list` of packed varints, which its own parser
+turns into one Python int per value); the same records encoded without TensorFlow (`encode_record`, what
+`prepared` writes); and TFDS's decoded examples as records, cropped where a dataset needs it.
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ def center_crop(image: np.ndarray, size: int) -> np.ndarray:
 
 
 def record(example: dict[str, Any], crop: int | None = None) -> dict[str, np.ndarray]:
+  """A decoded example {`image`, `label`?} as a record {`x`: uint8 (H, W, C), cropped per `crop`; `label`: int32}."""
   image = np.asarray(example["image"], np.uint8)
   out = {"x": image if crop is None else center_crop(image, crop)}
   if "label" in example:
