@@ -87,25 +87,30 @@ def prepare_arrays(data_config: ml_collections.ConfigDict, labelled: bool) -> st
     The prepared dataset's directory.
   """
   path = os.path.abspath(os.path.expanduser(data_config.path))
-  images, labels = load_arrays(path)
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"data.path = {data_config.path!r}: no such file.")
+  stat = os.stat(path)
+  settings = {"format": FORMAT, "path": path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
+              "image_size": data_config.image_size, "channels": data_config.channels,
+              "eval_fraction": data_config.eval_fraction, "labelled": labelled}
+  final = os.path.join(prepared.default_root(data_config.data_dir),
+                       f"arrays-{hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]}")
+  return prepared.ensure(final, lambda final: _write(final, data_config, labelled, settings))
+
+
+def _write(final: str, data_config: ml_collections.ConfigDict, labelled: bool, settings: dict[str, object]) -> None:
+  """Reads and checks `data.path`, then writes its records to `final`."""
+  images, labels = load_arrays(settings["path"])
   if labelled and labels is None:
     raise ValueError(f"model.class_conditional = True needs labels, and data.path = {data_config.path!r} has no "
                      "array 'labels'.")
-  size = data_config.image_size or images.shape[1]
   if data_config.image_size is None and images.shape[1] != images.shape[2]:
     raise ValueError(f"data.path = {data_config.path!r} holds {images.shape[1]}x{images.shape[2]} images; set "
                      "data.image_size to crop them square.")
-  stat = os.stat(path)
-  settings = {"format": FORMAT, "path": path, "size": stat.st_size, "mtime_ns": stat.st_mtime_ns,
-              "image_size": size, "channels": data_config.channels, "eval_fraction": data_config.eval_fraction,
-              "labelled": labelled}
-  final = os.path.join(prepared.default_root(data_config.data_dir),
-                       f"arrays-{hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]}")
+  size = data_config.image_size or images.shape[1]
   kept = labels if labelled else None
   classes = None if kept is None else tuple(str(k) for k in range(int(kept.max()) + 1))
   splits = prepared.held_out_splits(range(len(images)), [str(i) for i in range(len(images))],
                                     data_config.eval_fraction, f"the {len(images)} images of data.path")
-  write = lambda final: prepared.write(
-      final, name="arrays", reader=ArrayReader(images, kept, size, data_config.channels), splits=splits,
-      shape=(size, size, data_config.channels), class_names=classes, num_workers=0, source=settings)
-  return prepared.ensure(final, write)
+  prepared.write(final, name="arrays", reader=ArrayReader(images, kept, size, data_config.channels), splits=splits,
+                 shape=(size, size, data_config.channels), class_names=classes, num_workers=0, source=settings)
