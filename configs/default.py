@@ -67,6 +67,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.diffusion.beta_kwargs.s = config_dict.placeholder(float)  # cosine: offset, 0.008
   c.diffusion.beta_kwargs.max_beta = config_dict.placeholder(float)  # cosine: clip, 0.999
   c.diffusion.beta_kwargs.betas = config_dict.placeholder(tuple)  # custom: T betas in (0, 1]
+  # Rescale the betas so that alpha_bar_T = 0: pure noise at t = T, where sampling starts (Lin et al. 2024, "Common
+  # Diffusion Noise Schedules and Sample Steps are Flawed"). Needs model_mean_type v (their choice) or xstart.
+  c.diffusion.rescale_zero_terminal_snr = False
   c.diffusion.model_mean_type = "eps"  # what the network predicts: eps, xstart or v
   c.diffusion.model_var_type = "fixed_large"  # fixed_large (beta_t), fixed_small (beta-tilde_t), learned_range
 

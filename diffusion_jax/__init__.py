@@ -44,6 +44,7 @@ from diffusion_jax.schedules import (
     DiffusionSchedule,
     get_beta_schedule,
     make_schedule,
+    rescale_zero_terminal_snr,
     respace,
     sampling_timesteps,
 )
@@ -54,8 +55,8 @@ __all__ = [
     "VariationalBound", "ancestral_sample", "classifier_free_guidance", "ddim_sample",
     "discretized_gaussian_log_likelihood", "eps_from_score", "get_beta_schedule", "make_schedule", "mse_loss",
     "normal_kl", "p_mean_variance", "predict_eps_from_xstart", "predict_xstart", "predict_xstart_from_eps",
-    "predict_xstart_from_v", "q_mean_variance", "q_posterior_mean_variance", "q_sample", "q_step", "respace",
-    "sampling_timesteps", "score_from_eps", "solver_sample", "solver_table", "training_losses", "v_target",
-    "variational_bound",
+    "predict_xstart_from_v", "q_mean_variance", "q_posterior_mean_variance", "q_sample", "q_step",
+    "rescale_zero_terminal_snr", "respace", "sampling_timesteps", "score_from_eps", "solver_sample", "solver_table",
+    "training_losses", "v_target", "variational_bound",
 ]
 __version__ = "0.1.0"

@@ -161,7 +161,7 @@ def predict_xstart_from_eps(schedule: DiffusionSchedule, *, x_t: jax.Array, t: j
 def predict_eps_from_xstart(
     schedule: DiffusionSchedule, *, x_t: jax.Array, t: jax.Array, pred_xstart: jax.Array
 ) -> jax.Array:
-  """eps = (x_t / sqrt(alpha_bar_t) - x_0) / sqrt(1 / alpha_bar_t - 1).
+  """eps = (x_t - sqrt(alpha_bar_t) x_0) / sqrt(1 - alpha_bar_t) (finite also where alpha_bar_t = 0).
 
   Args:
     schedule: the process.
@@ -173,8 +173,8 @@ def predict_eps_from_xstart(
     Predicted noise, shape of `x_t`.
   """
   _check_same_shape(x_t=x_t, pred_xstart=pred_xstart)
-  return ((extract(schedule.sqrt_recip_alphas_cumprod, t, x_t) * x_t - pred_xstart)
-          / extract(schedule.sqrt_recipm1_alphas_cumprod, t, x_t))
+  return ((x_t - extract(schedule.sqrt_alphas_cumprod, t, x_t) * pred_xstart)
+          / extract(schedule.sqrt_one_minus_alphas_cumprod, t, x_t))
 
 
 def v_target(schedule: DiffusionSchedule, *, x_start: jax.Array, t: jax.Array, noise: jax.Array) -> jax.Array:

@@ -145,6 +145,32 @@ def get_beta_schedule(name: str, *, num_diffusion_steps: int, **kwargs: Any) -> 
   return check_betas(_SCHEDULE_FNS[name](T, **kwargs), name=f"betas of schedule {name!r}")
 
 
+def rescale_zero_terminal_snr(betas: np.ndarray) -> np.ndarray:
+  """Betas with alpha_bar_T = 0 (Lin et al. 2024, Algorithm 1): sqrt(alpha_bar) shifted and scaled so that its last
+  value is 0 and its first unchanged; the last beta is 1.
+
+  The process then ends in pure noise, as sampling starts: x_T carries no signal. An eps-predicting network
+  cannot give x_0 there (x_0 = (x_T - sqrt(1 - alpha_bar_T) eps) / sqrt(alpha_bar_T) divides by 0): train it to
+  predict v or x_0.
+
+  Args:
+    betas: float64 betas, shape `(T,)`, T >= 2, with alpha_bar strictly decreasing.
+
+  Returns:
+    float64 betas, shape `(T,)`, each in (0, 1], the last exactly 1.
+  """
+  betas = check_betas(betas)
+  if len(betas) < 2:
+    raise ValueError(f"rescale_zero_terminal_snr needs T >= 2 steps, got {len(betas)}.")
+  root = np.sqrt(np.cumprod(1.0 - betas))
+  if not (root[-1] < root[0]):
+    raise ValueError("rescale_zero_terminal_snr needs alpha_bar to fall from the first step to the last.")
+  root = (root - root[-1]) * (root[0] / (root[0] - root[-1]))
+  alphas_cumprod = root**2
+  alphas = np.append(alphas_cumprod[0], alphas_cumprod[1:] / alphas_cumprod[:-1])
+  return check_betas(1.0 - alphas, name="rescaled betas")
+
+
 @flax.struct.dataclass
 class DiffusionSchedule:
   """Every per-timestep buffer of the forward and posterior processes, shape `(T,)`.
@@ -312,6 +338,8 @@ def sampling_timesteps(betas: np.ndarray, *, num_steps: int, spacing: str = "lin
   elif spacing == "quadratic":
     ascending = _strictly_increasing(np.round((T - 1) * (i / (n - 1)) ** 2), T)
   else:  # logsnr
+    if betas[-1] == 1.0:
+      raise ValueError("spacing = 'logsnr' is undefined for zero terminal SNR (lambda(T - 1) = -inf); use 'trailing'.")
     log_alpha = 0.5 * np.log(np.cumprod(1.0 - betas))  # decreasing in t
     lam = log_alpha - 0.5 * np.log(-np.expm1(2 * log_alpha))
     target = -0.5 * np.logaddexp(0.0, -2.0 * np.linspace(lam[-1], lam[0], n))

@@ -165,7 +165,11 @@ def solver_table(betas: np.ndarray, *, timesteps: Sequence[int] | np.ndarray, so
   betas = schedules.check_betas(betas)
   ts = check_timesteps(timesteps, len(betas))
   n = len(ts)
-  log_abar = np.cumsum(np.log1p(-betas))[ts]
+  with np.errstate(divide="ignore"):  # log(0) = -inf where alpha_bar = 0, refused below
+    log_abar = np.cumsum(np.log1p(-betas))[ts]
+  if not np.isfinite(log_abar).all():
+    raise ValueError(f"timestep {int(ts[0])} has alpha_bar = 0 (zero terminal SNR), where log-SNR is -inf: the "
+                     "solvers cannot start there; use ddim_sample or ancestral_sample, or start one step later.")
   alpha = np.append(np.exp(0.5 * log_abar), 1.0)
   sigma = np.append(np.sqrt(-np.expm1(log_abar)), 0.0)
   with np.errstate(divide="ignore"):

@@ -56,6 +56,27 @@ def test_the_keys_of_your_own_images(keys, match):
     config_lib.validate_config(c)
 
 
+@pytest.mark.parametrize("keys, match", [
+    ({"diffusion.model_mean_type": "eps"},
+     r"diffusion.rescale_zero_terminal_snr = True leaves no signal at t = T.* set diffusion.model_mean_type = 'v'"),
+    ({"sampling.sampler": "dpm_solver++"}, r"sampling.sampler = 'dpm_solver\+\+' steps in log-SNR, which is -inf"),
+    ({"sampling.num_steps": 10, "sampling.spacing": "leading"},
+     r"sampling.spacing = 'leading' does not start at t = T .* use 'trailing'"),
+])
+def test_zero_terminal_snr_refuses_what_it_leaves_undefined(keys, match):
+  c = tiny.get_config()
+  c.diffusion.update(rescale_zero_terminal_snr=True, model_mean_type="v")
+  config_lib.validate_config(c)  # v, ancestral, every step: fine
+  c.sampling.update(sampler="ddim", num_steps=10, spacing="trailing")
+  betas = config_lib.validate_config(c)
+  assert betas[-1] == 1.0 and np.cumprod(1 - betas)[-1] == 0.0
+  for key, value in keys.items():
+    section, name = key.split(".")
+    c[section][name] = value
+  with pytest.raises(ValueError, match=match):
+    config_lib.validate_config(c)
+
+
 @pytest.mark.parametrize("key, value, match", [
     ("training.timestep_weights", (1.0,) * 49, r"None \(uniform\) or 50 non-negative numbers"),
     ("training.timestep_weights", (1.0,) * 49 + (-1.0,), r"None \(uniform\) or 50 non-negative numbers"),

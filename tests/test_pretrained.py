@@ -122,7 +122,7 @@ def test_published_256_layout_and_schedule_are_read_as_the_papers():
   assert keys == {"diffusion.num_diffusion_steps": 1000, "diffusion.beta_schedule": "linear",
                   "diffusion.beta_kwargs.beta_start": 1e-4, "diffusion.beta_kwargs.beta_end": 0.02,
                   "diffusion.model_var_type": "fixed_small", "diffusion.model_mean_type": "eps",
-                  "sampling.clip_denoised": True}
+                  "sampling.clip_denoised": True, "diffusion.rescale_zero_terminal_snr": False}
   np.testing.assert_allclose(pretrained.betas(keys), np.linspace(1e-4, 0.02, 1000), rtol=1e-12)
 
 
@@ -166,6 +166,25 @@ def test_schedulers_we_do_not_reproduce_are_refused_by_key(key, value):
   cfg = {**ref.published_config("ddpm-cifar10-32", "scheduler_config.json"), key: value}
   with pytest.raises(ValueError, match=f"{key} = {value!r}"):
     pretrained.diffusion_from_scheduler(cfg)
+
+
+def test_zero_terminal_snr_schedulers_are_read_and_written_as_diffusers_makes_them():
+  """diffusers' `rescale_betas_zero_snr: true` is our `diffusion.rescale_zero_terminal_snr`; the betas equal
+  diffusers' own rescaled ones, and a written scheduler reads back to the same betas."""
+  cfg = {**ref.published_config("ddpm-cifar10-32", "scheduler_config.json"), "rescale_betas_zero_snr": True,
+         "prediction_type": "v_prediction"}
+  keys = pretrained.diffusion_from_scheduler(cfg)
+  assert keys["diffusion.rescale_zero_terminal_snr"] is True and keys["diffusion.model_mean_type"] == "v"
+  betas = pretrained.betas(keys)
+  assert betas[-1] == 1.0
+  diffusers = pytest.importorskip("diffusers")
+  theirs = diffusers.DDPMScheduler.from_config(cfg).betas.numpy()
+  # diffusers computes in float32: ~1e-7 absolute near beta = 0, ~5e-6 relative near T (float64: test_schedules).
+  np.testing.assert_allclose(betas, theirs, rtol=1e-5, atol=1e-6)
+  written = pretrained.scheduler_from_diffusion(keys, betas)
+  assert written["rescale_betas_zero_snr"] is True
+  np.testing.assert_allclose(pretrained.betas(pretrained.diffusion_from_scheduler(written)), betas, rtol=1e-12)
+  np.testing.assert_allclose(diffusers.DDPMScheduler.from_config(written).betas.numpy(), theirs, rtol=1e-5, atol=1e-6)
 
 
 def _tiny_state_dict():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import reference as ref
-from diffusion_jax import diffusion, sampling, schedules, solvers
+from diffusion_jax import diffusion, losses, sampling, schedules, solvers
 
 T = 1000
 BETAS = schedules.get_beta_schedule("linear", num_diffusion_steps=T)
@@ -140,11 +140,11 @@ def test_ddim_eta0_is_a_function_of_x_T_alone():
 C = np.array([0.3, -0.7, 0.9])  # the data: every example is this point
 
 
-def point_mass_model(mean_type):
+def point_mass_model(mean_type, schedule=SCHED):
   """The exact network for data that is always C: its eps, x_0 or v at (x_t, t)."""
 
   def model_fn(x_t, t):
-    abar = SCHED.alphas_cumprod[t][:, None]
+    abar = schedule.alphas_cumprod[t][:, None]
     eps = (x_t - jnp.sqrt(abar) * C) / jnp.sqrt(1 - abar)
     return {"eps": eps, "xstart": jnp.broadcast_to(C, x_t.shape),
             "v": jnp.sqrt(abar) * eps - jnp.sqrt(1 - abar) * C}[mean_type]
@@ -353,3 +353,38 @@ def test_guided_output_combines_both_predictions_from_one_call():
                              rtol=1e-6)
   with pytest.raises(ValueError, match="guidance_scale = -1.0 is invalid"):
     sampling.classifier_free_guidance(_labelled, labels=labels, null_label=3, guidance_scale=-1.0)
+
+
+ZT_BETAS = schedules.rescale_zero_terminal_snr(BETAS)
+ZT_SCHED = schedules.make_schedule(ZT_BETAS)
+
+
+@pytest.mark.parametrize("mean_type", ["v", "xstart"])
+def test_zero_terminal_snr_samples_start_from_pure_noise_and_reach_the_data(mean_type):
+  """Under zero terminal SNR, x_T is pure noise. For data at one point C the exact v or x_0 network gives C at
+  t = T; DDIM (trailing spacing) follows the float64 closed form x_t = sqrt(abar_t) C + sqrt(1 - abar_t) x_T from
+  its first step and ends at C; the ancestral sampler ends at C; the bound's terms are finite and its prior
+  term is 0. The eps network cannot give x_0 at t = T (the config refuses it)."""
+  ab = ref.alphas_cumprod(ZT_BETAS)
+  assert ab[-1] == 0.0
+  model = point_mass_model(mean_type, ZT_SCHED)
+  visited = schedules.sampling_timesteps(ZT_BETAS, num_steps=15, spacing="trailing")
+  assert visited[0] == T - 1
+  x_T = jax.random.normal(jax.random.key(3), (5, 3))
+  x0, traj = sampling.ddim_sample(
+      ZT_SCHED, model_fn=model, shape=(5, 3), key=jax.random.key(0), timesteps=visited, model_mean_type=mean_type,
+      clip_denoised=False, return_every=1, x_T=x_T)
+  abar = ab[visited][:, None, None]
+  np.testing.assert_allclose(traj.x_t, np.sqrt(abar) * C + np.sqrt(1 - abar) * np.asarray(x_T), atol=1e-5)
+  np.testing.assert_allclose(x0, np.broadcast_to(C, x0.shape), atol=1e-5)
+  ancestral = sampling.ancestral_sample(ZT_SCHED, model_fn=model, shape=(5, 3), key=jax.random.key(1),
+                                        model_mean_type=mean_type, clip_denoised=False)
+  np.testing.assert_allclose(ancestral, np.broadcast_to(C, ancestral.shape), atol=1e-4)
+  grid = jnp.round(jnp.broadcast_to(jnp.asarray(C), (4, 3)) * 127.5) / 127.5
+  bound = losses.variational_bound(ZT_SCHED, model_fn=point_mass_model(mean_type, ZT_SCHED), x_start=grid,
+                                   key=jax.random.key(2), model_mean_type=mean_type)
+  assert np.isfinite(bound.terms_bpd).all() and np.isfinite(bound.total_bpd).all()
+  np.testing.assert_allclose(bound.prior_bpd, 0.0, atol=1e-7)
+  eps = point_mass_model("eps", ZT_SCHED)(x_T, jnp.full((5,), T - 1))
+  last = jnp.full((5,), T - 1)
+  assert not np.isfinite(diffusion.predict_xstart_from_eps(ZT_SCHED, x_t=x_T, t=last, eps=eps)).any()

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import reference as ref
-from diffusion_jax import schedules
+from diffusion_jax import schedules, solvers
 
 F32_RTOL = ref.F32_RTOL
 
@@ -176,3 +176,45 @@ def test_quadratic_spacing():
                                 np.round(999 * (i / 9) ** 2)[::-1])
   dense = schedules.sampling_timesteps(betas, num_steps=100, spacing="quadratic")  # collisions near 0 pushed apart
   np.testing.assert_array_equal(dense[-4:], [3, 2, 1, 0])
+
+
+def _lin_algorithm_1(betas):
+  """Lin et al. (2024), Algorithm 1, in float64 as the paper writes it."""
+  alphas_bar_sqrt = np.sqrt(np.cumprod(1.0 - betas))
+  first, last = alphas_bar_sqrt[0], alphas_bar_sqrt[-1]
+  alphas_bar_sqrt = (alphas_bar_sqrt - last) * first / (first - last)
+  alphas_bar = alphas_bar_sqrt**2
+  return 1.0 - np.concatenate([alphas_bar[:1], alphas_bar[1:] / alphas_bar[:-1]])
+
+
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_rescale_zero_terminal_snr_is_lin_et_al_algorithm_1(name):
+  betas = schedules.get_beta_schedule(name, num_diffusion_steps=1000)
+  rescaled = schedules.rescale_zero_terminal_snr(betas)
+  np.testing.assert_allclose(rescaled, _lin_algorithm_1(betas), rtol=1e-10, atol=1e-15)
+  abar, before = np.cumprod(1.0 - rescaled), np.cumprod(1.0 - betas)
+  assert abar[-1] == 0.0 and rescaled[-1] == 1.0  # pure noise at t = T
+  np.testing.assert_allclose(abar[0], before[0], rtol=1e-14)  # the first step unchanged
+  snr = abar / (1.0 - abar)
+  assert (np.diff(snr) < 0).all()  # SNR still falls monotonically
+  np.testing.assert_allclose(schedules.rescale_zero_terminal_snr(rescaled), rescaled, rtol=1e-10, atol=1e-15)
+  if name == "linear":  # the paper's figure: the linear schedule leaves alpha_bar_T = 4.0e-5
+    assert before[-1] == pytest.approx(4.0358e-5, rel=1e-3)
+
+
+def test_rescale_zero_terminal_snr_equals_diffusers():
+  torch = pytest.importorskip("torch")
+  ddpm = pytest.importorskip("diffusers.schedulers.scheduling_ddpm")
+  betas = schedules.get_beta_schedule("linear", num_diffusion_steps=1000)
+  theirs = ddpm.rescale_zero_terminal_snr(torch.tensor(betas, dtype=torch.float64)).numpy()
+  np.testing.assert_allclose(schedules.rescale_zero_terminal_snr(betas), theirs, rtol=1e-10, atol=1e-15)
+
+
+def test_zero_terminal_snr_refuses_what_it_leaves_undefined():
+  rescaled = schedules.rescale_zero_terminal_snr(schedules.get_beta_schedule("linear", num_diffusion_steps=100))
+  with pytest.raises(ValueError, match=r"'logsnr' is undefined for zero terminal SNR"):
+    schedules.sampling_timesteps(rescaled, num_steps=10, spacing="logsnr")
+  with pytest.raises(ValueError, match=r"timestep 99 has alpha_bar = 0 \(zero terminal SNR\)"):
+    solvers.solver_table(rescaled, timesteps=schedules.sampling_timesteps(rescaled, num_steps=10, spacing="trailing"))
+  with pytest.raises(ValueError, match=r"needs T >= 2 steps"):
+    schedules.rescale_zero_terminal_snr(np.array([0.5]))

@@ -127,10 +127,12 @@ _PREDICTIONS = {"epsilon": "eps", "sample": "xstart", "v_prediction": "v"}
 
 
 def betas(keys: dict[str, Any]) -> np.ndarray:
-  """The float64 betas of our dotted config keys (`diffusion_from_scheduler`), shape (T,)."""
+  """The float64 betas of our dotted config keys (`diffusion_from_scheduler`), shape (T,): rescaled to zero terminal
+  SNR where `diffusion.rescale_zero_terminal_snr` says so."""
   kwargs = {k.rsplit(".", 1)[1]: v for k, v in keys.items() if k.startswith("diffusion.beta_kwargs.")}
-  return schedules.get_beta_schedule(keys["diffusion.beta_schedule"],
-                                     num_diffusion_steps=keys["diffusion.num_diffusion_steps"], **kwargs)
+  out = schedules.get_beta_schedule(keys["diffusion.beta_schedule"],
+                                    num_diffusion_steps=keys["diffusion.num_diffusion_steps"], **kwargs)
+  return schedules.rescale_zero_terminal_snr(out) if keys.get("diffusion.rescale_zero_terminal_snr") else out
 
 
 def _invert(d: dict[str, str]) -> dict[str, str]:
@@ -148,8 +150,7 @@ def diffusion_from_scheduler(cfg: dict[str, Any], file: str = SCHEDULER_CONFIG) 
   Raises:
     ValueError: a key our schedule or sampler does not reproduce.
   """
-  for key, value, allowed in [("thresholding", False, "false"), ("clip_sample_range", 1.0, "1.0"),
-                              ("rescale_betas_zero_snr", False, "false")]:
+  for key, value, allowed in [("thresholding", False, "false"), ("clip_sample_range", 1.0, "1.0")]:
     if key in cfg and cfg[key] != value:
       raise ValueError(f"{file}: {key} = {cfg[key]!r} is not reproduced here; supported: {allowed}.")
   keys: dict[str, Any] = {"diffusion.num_diffusion_steps": cfg.get("num_train_timesteps", 1000)}
@@ -172,6 +173,7 @@ def diffusion_from_scheduler(cfg: dict[str, Any], file: str = SCHEDULER_CONFIG) 
       raise ValueError(f"{file}: {key} = {value!r} is not reproduced here; supported: {sorted(table)}.")
     keys[ours] = table[value]
   keys["sampling.clip_denoised"] = bool(cfg.get("clip_sample", True))
+  keys["diffusion.rescale_zero_terminal_snr"] = bool(cfg.get("rescale_betas_zero_snr", False))
   return keys
 
 
@@ -181,17 +183,21 @@ def scheduler_from_diffusion(keys: dict[str, Any], betas: np.ndarray) -> dict[st
   Args:
     keys: our dotted config keys, as `diffusion_from_scheduler` returns them.
     betas: the float64 betas they make, shape (T,); they go as `trained_betas` when diffusers has no
-      name for the schedule (sigmoid, constant, custom, a cosine with other arguments).
+      name for the schedule (sigmoid, constant, custom, a cosine with other arguments) or when they are rescaled
+      to zero terminal SNR (diffusers' rescaling of them again changes nothing: it keeps a zero last value).
   """
   name = keys["diffusion.beta_schedule"]
   cfg = {"_class_name": "DDPMScheduler", "num_train_timesteps": len(betas),
          "variance_type": keys["diffusion.model_var_type"],  # ours are named as diffusers' are
          "prediction_type": _invert(_PREDICTIONS)[keys["diffusion.model_mean_type"]],
          "clip_sample": bool(keys["sampling.clip_denoised"]), "clip_sample_range": 1.0,
-         "beta_schedule": "linear", "trained_betas": None}
+         "beta_schedule": "linear", "trained_betas": None,
+         "rescale_betas_zero_snr": bool(keys.get("diffusion.rescale_zero_terminal_snr", False))}
   default_cosine = all(keys.get(f"diffusion.beta_kwargs.{k}") in (None, v) for k, v in [("s", 0.008),
                                                                                           ("max_beta", 0.999)])
-  if name in ("linear", "quadratic"):  # both are fixed by their end points
+  if cfg["rescale_betas_zero_snr"]:
+    cfg["trained_betas"] = [float(b) for b in betas]
+  elif name in ("linear", "quadratic"):  # both are fixed by their end points
     cfg.update(beta_schedule=_invert(_BETA_SCHEDULES)[name], beta_start=float(betas[0]), beta_end=float(betas[-1]))
   elif name == "cosine" and default_cosine:
     cfg["beta_schedule"] = "squaredcos_cap_v2"

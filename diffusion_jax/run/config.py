@@ -45,6 +45,7 @@ ADDED_KEYS = {
     "data.image_size": None,
     "data.channels": 3,
     "data.eval_fraction": 0.05,
+    "diffusion.rescale_zero_terminal_snr": False,
 }
 
 
@@ -83,9 +84,11 @@ def beta_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def make_betas(config: ml_collections.ConfigDict) -> np.ndarray:
-  """float64 betas of `config.diffusion`, shape `(T,)`; `ValueError` for a bad schedule or argument."""
-  return schedules.get_beta_schedule(config.diffusion.beta_schedule,
-                                     num_diffusion_steps=config.diffusion.num_diffusion_steps, **beta_kwargs(config))
+  """float64 betas of `config.diffusion`, shape `(T,)`, rescaled to zero terminal SNR where it says so; `ValueError`
+  for a bad schedule or argument."""
+  betas = schedules.get_beta_schedule(config.diffusion.beta_schedule,
+                                      num_diffusion_steps=config.diffusion.num_diffusion_steps, **beta_kwargs(config))
+  return schedules.rescale_zero_terminal_snr(betas) if config.diffusion.rescale_zero_terminal_snr else betas
 
 
 def validate_config(config: ml_collections.ConfigDict) -> np.ndarray:
@@ -140,6 +143,7 @@ def validate_config(config: ml_collections.ConfigDict) -> np.ndarray:
     raise ValueError(f"sampling.sampler = {config.sampling.sampler!r} does not use learned variances; use "
                      "'ancestral' with diffusion.model_var_type = 'learned_range'.")
   _check_conditioning(config)
+  _check_zero_terminal_snr(config)
   data.check_dataset_name(config.data.dataset)
   _check_own_images(config)
   if config.data.dataset in data.TOY_DATASETS and config.model.name != "mlp":
@@ -153,6 +157,24 @@ def validate_config(config: ml_collections.ConfigDict) -> np.ndarray:
     if not os.path.isdir(config.pretrained):
       raise FileNotFoundError(f"pretrained = {config.pretrained!r}: no such directory.")
   return make_betas(config)
+
+
+def _check_zero_terminal_snr(config: ml_collections.ConfigDict) -> None:
+  """What `diffusion.rescale_zero_terminal_snr` leaves undefined is refused: eps-prediction at t = T, and samplers
+  or spacings that step in log-SNR (-inf at t = T) or never start there."""
+  _require(config, "diffusion.rescale_zero_terminal_snr", lambda v: isinstance(v, bool), "True or False")
+  if not config.diffusion.rescale_zero_terminal_snr:
+    return
+  key = "diffusion.rescale_zero_terminal_snr = True"
+  if config.diffusion.model_mean_type == "eps":
+    raise ValueError(f"{key} leaves no signal at t = T, where an eps-predicting network cannot give x_0 (it divides "
+                     "by sqrt(alpha_bar_T) = 0); set diffusion.model_mean_type = 'v' (Lin et al. 2024) or 'xstart'.")
+  if config.sampling.sampler in solvers.SOLVERS:
+    raise ValueError(f"sampling.sampler = {config.sampling.sampler!r} steps in log-SNR, which is -inf at t = T under "
+                     f"{key}; use 'ancestral' or 'ddim'.")
+  if config.sampling.num_steps is not None and config.sampling.spacing in ("leading", "logsnr"):
+    raise ValueError(f"sampling.spacing = {config.sampling.spacing!r} does not start at t = T (leading) or is "
+                     f"undefined there (logsnr) under {key}; use 'trailing' (Lin et al. 2024) or 'linspace'.")
 
 
 def _check_own_images(config: ml_collections.ConfigDict) -> None:

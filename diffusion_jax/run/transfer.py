@@ -41,7 +41,8 @@ def _mismatches(exp: Experiment, loaded: pretrained.Pretrained) -> list[str]:
     out.append(f"the model has num_classes = {exp.model.num_classes}, the checkpoint {loaded.model.num_classes}")
   dc = exp.config.diffusion
   learned = "learned_range" in (dc.model_var_type, loaded.config["diffusion.model_var_type"])
-  for key in ("num_diffusion_steps", "model_mean_type") + (("model_var_type",) if learned else ()):
+  for key in ("num_diffusion_steps", "model_mean_type", "rescale_zero_terminal_snr") + (
+      ("model_var_type",) if learned else ()):
     if dc[key] != loaded.config[f"diffusion.{key}"]:
       out.append(f"diffusion.{key} = {dc[key]!r}, the checkpoint's is {loaded.config[f'diffusion.{key}']!r}")
   theirs = pretrained.betas(loaded.config)
@@ -81,7 +82,7 @@ def export_pretrained(exp: Experiment, params: Any, directory: str) -> None:
   if not isinstance(exp.model, UNet):
     raise ValueError(f"model.name = {exp.config.model.name!r} cannot be exported: diffusers' UNet2DModel is a UNet.")
   keys = {f"diffusion.{k}": exp.config.diffusion[k] for k in
-          ("num_diffusion_steps", "beta_schedule", "model_mean_type", "model_var_type")}
+          ("num_diffusion_steps", "beta_schedule", "model_mean_type", "model_var_type", "rescale_zero_terminal_snr")}
   keys.update({f"diffusion.beta_kwargs.{k}": v for k, v in config_lib.beta_kwargs(exp.config).items()})
   keys["sampling.clip_denoised"] = exp.config.sampling.clip_denoised
   pretrained.save(directory, jax.device_get(params), exp.model, tuple(exp.info.shape), keys, exp.betas)
