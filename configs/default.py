@@ -84,6 +84,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.training.adam_eps = 1e-8
   c.training.ema_decay = 0.999  # of the EMA parameters that sampling uses
   c.training.timestep_weights = config_dict.placeholder(tuple)  # None (uniform) or T weights of the MSE per t
+  # The MSE per t weighted by the signal-to-noise ratio (losses.loss_weights): uniform (L_simple), min_snr (Hang et al.
+  # 2023, "Efficient Diffusion Training via Min-SNR Weighting Strategy"), p2 (Choi et al. 2022, "Perception
+  # Prioritized Training of Diffusion Models"); each the same weighting of the x_0 error for eps, xstart and v.
+  c.training.loss_weighting = "uniform"
+  c.training.min_snr_gamma = 5.0  # min_snr: the weight of the x_0 error is min(SNR, gamma)
+  c.training.p2_k = 1.0  # p2: the eps-MSE weighted 1 / (k + SNR)^gamma
+  c.training.p2_gamma = 1.0
   c.training.label_dropout = 0.1  # class_conditional: each label is the null label with this probability
   c.training.compute_dtype = "float32"  # float32 or bfloat16 (unet activations; parameters stay float32)
   c.training.steps_per_call = 1  # optimizer steps per compiled call (amortises dispatch)

@@ -28,6 +28,7 @@ from diffusion_jax.diffusion import (
 from diffusion_jax.losses import (
     VariationalBound,
     discretized_gaussian_log_likelihood,
+    loss_weights,
     mse_loss,
     normal_kl,
     training_losses,
@@ -53,8 +54,8 @@ from diffusion_jax.solvers import SolverTable, solver_sample, solver_table
 __all__ = [
     "DiffusionSchedule", "LabelledModelFn", "ModelFn", "PMeanVariance", "SolverTable", "Trajectory",
     "VariationalBound", "ancestral_sample", "classifier_free_guidance", "ddim_sample",
-    "discretized_gaussian_log_likelihood", "eps_from_score", "get_beta_schedule", "make_schedule", "mse_loss",
-    "normal_kl", "p_mean_variance", "predict_eps_from_xstart", "predict_xstart", "predict_xstart_from_eps",
+    "discretized_gaussian_log_likelihood", "eps_from_score", "get_beta_schedule", "loss_weights", "make_schedule",
+    "mse_loss", "normal_kl", "p_mean_variance", "predict_eps_from_xstart", "predict_xstart", "predict_xstart_from_eps",
     "predict_xstart_from_v", "q_mean_variance", "q_posterior_mean_variance", "q_sample", "q_step",
     "rescale_zero_terminal_snr", "respace", "sampling_timesteps", "score_from_eps", "solver_sample", "solver_table",
     "training_losses", "v_target", "variational_bound",

@@ -11,9 +11,10 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.special import log_ndtr
 
-from diffusion_jax import diffusion
+from diffusion_jax import diffusion, schedules
 from diffusion_jax.checks import ProgressFn, report_progress
 from diffusion_jax.diffusion import ModelFn
 from diffusion_jax.schedules import DiffusionSchedule
@@ -68,6 +69,51 @@ def discretized_gaussian_log_likelihood(x: jax.Array, *, means: jax.Array, log_s
   return jnp.where(
       x < -0.999, log_ndtr(plus_in),
       jnp.where(x > 0.999, log_ndtr(-min_in), _log_diff_ndtr(min_in, plus_in)))
+
+
+LOSS_WEIGHTINGS = ("uniform", "min_snr", "p2")
+
+
+def loss_weights(betas: np.ndarray, *, weighting: str, model_mean_type: str, min_snr_gamma: float = 5.0,
+                 p2_k: float = 1.0, p2_gamma: float = 1.0) -> np.ndarray:
+  """w_t of the MSE on the network's target such that w_t |target error|^2 = omega_t |x_0 error|^2.
+
+  With SNR_t = alpha_bar_t / (1 - alpha_bar_t), |eps error|^2 = SNR_t |x_0 error|^2 and |v error|^2 =
+  (SNR_t + 1) |x_0 error|^2 (at the same x_t), so one weighting omega_t of the x_0 error is one w_t per target:
+  `uniform`: L_simple on the target as it is (w_t = 1);
+  `min_snr` (Hang et al. 2023): omega_t = min(SNR_t, gamma), i.e. w_t = min(SNR_t, gamma) / SNR_t for eps,
+  min(SNR_t, gamma) for x_0, min(SNR_t, gamma) / (SNR_t + 1) for v;
+  `p2` (Choi et al. 2022): the eps-MSE weighted 1 / (k + SNR_t)^gamma, i.e. omega_t = SNR_t / (k + SNR_t)^gamma.
+  A step of zero SNR (zero terminal SNR's last) keeps w_t = 1: both would give it no weight, and sampling
+  starts there.
+
+  Args:
+    betas: float64 betas of the process, shape `(T,)`.
+    weighting: one of `LOSS_WEIGHTINGS`.
+    model_mean_type: what the network predicts: `eps`, `xstart` or `v`.
+    min_snr_gamma: gamma of `min_snr` (the paper's 5), > 0.
+    p2_k, p2_gamma: k > 0 and gamma >= 0 of `p2` (the paper's 1 and 1).
+
+  Returns:
+    float64 weights, shape `(T,)`.
+  """
+  betas = schedules.check_betas(betas)
+  if weighting not in LOSS_WEIGHTINGS:
+    raise ValueError(f"weighting = {weighting!r} is unknown; allowed: {', '.join(LOSS_WEIGHTINGS)}.")
+  if model_mean_type not in ("eps", "xstart", "v"):
+    raise ValueError(f"model_mean_type = {model_mean_type!r} is unknown; allowed: eps, xstart, v.")
+  if not min_snr_gamma > 0 or not p2_k > 0 or not p2_gamma >= 0:
+    raise ValueError(f"min_snr_gamma = {min_snr_gamma}, p2_k = {p2_k}, p2_gamma = {p2_gamma}: allowed: "
+                     "min_snr_gamma > 0, p2_k > 0, p2_gamma >= 0.")
+  if weighting == "uniform":
+    return np.ones_like(betas)
+  abar = np.cumprod(1.0 - betas)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    snr = abar / (1.0 - abar)
+    omega = np.minimum(snr, min_snr_gamma) if weighting == "min_snr" else snr / (p2_k + snr) ** p2_gamma
+    per_x0_error = {"eps": snr, "xstart": np.ones_like(snr), "v": snr + 1.0}[model_mean_type]
+    weights = omega / per_x0_error
+  return np.where(snr > 0, weights, 1.0)
 
 
 def mse_loss(

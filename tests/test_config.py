@@ -37,6 +37,13 @@ def test_schedule_arguments_from_the_config_reach_the_betas(name, kwargs):
     assert not np.array_equal(want, schedules.get_beta_schedule(name, num_diffusion_steps=50))
 
 
+def test_loss_weighting_and_timestep_weights_are_not_both_set():
+  c = tiny.get_config()
+  c.training.update(loss_weighting="min_snr", timestep_weights=(1.0,) * 50)
+  with pytest.raises(ValueError, match=r"training.loss_weighting = 'min_snr' and training.timestep_weights both"):
+    config_lib.validate_config(c)
+
+
 @pytest.mark.parametrize("keys, match", [
     ({"dataset": "folder"}, r"data.dataset = 'folder' needs data.image_dir \(it is None\)"),
     ({"dataset": "folder", "image_dir": "x"}, r"data.dataset = 'folder' needs data.image_size"),
@@ -85,6 +92,9 @@ def test_zero_terminal_snr_refuses_what_it_leaves_undefined(keys, match):
     ("sampling.eta", -0.5, r"sampling.eta = -0.5 is invalid; allowed: a number >= 0"),
     ("eval.timesteps_per_call", 3, r"eval.timesteps_per_call = 3 is invalid; allowed: a divisor"),
     ("eval.num_examples", -1, r"eval.num_examples = -1 is invalid; allowed: a non-negative integer"),
+    ("training.loss_weighting", "snr", r"training.loss_weighting = 'snr' is invalid; allowed: uniform, min_snr, p2"),
+    ("training.min_snr_gamma", 0.0, r"training.min_snr_gamma = 0.0 is invalid; allowed: a number > 0"),
+    ("training.p2_gamma", -1.0, r"training.p2_gamma = -1.0 is invalid; allowed: a number >= 0"),
 ])
 def test_validate_config_names_the_key_the_value_and_what_is_allowed(key, value, match):
   c = tiny.get_config()

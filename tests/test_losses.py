@@ -204,3 +204,42 @@ def test_hybrid_loss_bound_term_has_the_t_over_1000_scale():
       sched, model_output=model(x_t, t), x_start=x0, x_t=x_t, t=t, model_var_type="learned_range", clip_denoised=False)
   np.testing.assert_allclose(terms["vlb"], 2.0 * bound, rtol=1e-5)
   np.testing.assert_allclose(terms["loss"], terms["mse"] + terms["vlb"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("weighting", ["min_snr", "p2"])
+def test_loss_weights_weight_the_x0_error_alike_for_every_parameterisation(weighting):
+  """w_t |target error|^2 = omega_t |x_0 error|^2 for eps, x_0 and v predictions of one x_t, with the papers'
+  omega_t, float64 written here: min(SNR_t, 5) (Hang et al. 2023); P2 (Choi et al. 2022) weights the eps-MSE by
+  1 / (1 + SNR_t), so omega_t = SNR_t / (1 + SNR_t)."""
+  betas = schedules.get_beta_schedule("linear", num_diffusion_steps=1000)
+  abar = np.cumprod(1.0 - betas)[:, None]
+  snr = (abar / (1.0 - abar))[:, 0]
+  rng = np.random.default_rng(0)
+  x0, eps = rng.normal(size=(1000, 16)), rng.normal(size=(1000, 16))
+  x_t = np.sqrt(abar) * x0 + np.sqrt(1 - abar) * eps
+  x0_hat = x0 + 0.1 * rng.normal(size=x0.shape)  # a network's x_0, and the eps and v it implies at x_t
+  eps_hat = (x_t - np.sqrt(abar) * x0_hat) / np.sqrt(1 - abar)
+  v, v_hat = (np.sqrt(abar) * e - np.sqrt(1 - abar) * x for e, x in [(eps, x0), (eps_hat, x0_hat)])
+  error = {"eps": ((eps - eps_hat) ** 2).sum(1), "xstart": ((x0 - x0_hat) ** 2).sum(1), "v": ((v - v_hat) ** 2).sum(1)}
+  omega = np.minimum(snr, 5.0) if weighting == "min_snr" else snr / (1.0 + snr)
+  for mean_type in ["eps", "xstart", "v"]:
+    w = losses.loss_weights(betas, weighting=weighting, model_mean_type=mean_type)
+    np.testing.assert_allclose(w * error[mean_type], omega * error["xstart"], rtol=1e-8, err_msg=mean_type)
+  on_eps = np.minimum(snr, 5.0) / snr if weighting == "min_snr" else 1.0 / (1.0 + snr)
+  np.testing.assert_allclose(losses.loss_weights(betas, weighting=weighting, model_mean_type="eps"), on_eps,
+                             rtol=1e-12)
+
+
+def test_loss_weights_uniform_zero_snr_and_bad_arguments():
+  betas = schedules.get_beta_schedule("linear", num_diffusion_steps=100)
+  np.testing.assert_array_equal(losses.loss_weights(betas, weighting="uniform", model_mean_type="v"), 1.0)
+  rescaled = schedules.rescale_zero_terminal_snr(betas)
+  for weighting in ["min_snr", "p2"]:
+    w = losses.loss_weights(rescaled, weighting=weighting, model_mean_type="v")
+    assert w[-1] == 1.0 and np.isfinite(w).all()  # the step of zero SNR keeps weight 1
+  gamma = losses.loss_weights(betas, weighting="min_snr", model_mean_type="xstart", min_snr_gamma=2.0)
+  np.testing.assert_allclose(gamma.max(), 2.0)
+  with pytest.raises(ValueError, match=r"weighting = 'snr' is unknown; allowed: uniform, min_snr, p2"):
+    losses.loss_weights(betas, weighting="snr", model_mean_type="eps")
+  with pytest.raises(ValueError, match=r"allowed: min_snr_gamma > 0, p2_k > 0, p2_gamma >= 0"):
+    losses.loss_weights(betas, weighting="p2", model_mean_type="eps", p2_k=0.0)

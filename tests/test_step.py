@@ -137,6 +137,22 @@ def test_timestep_weights_from_the_config_weight_the_loss():
   assert not np.isclose(expected, np.mean(r**2), rtol=1e-2)  # the weights change it
 
 
+@pytest.mark.parametrize("weighting", ["min_snr", "p2"])
+def test_loss_weighting_from_the_config_weights_the_eps_loss_as_the_papers(weighting):
+  """training.loss_weighting on eps: mean_b w[t_b] |eps_theta - eps|^2 / D with w = min(SNR, 5) / SNR (Hang et al.)
+  or 1 / (1 + SNR) (Choi et al.), float64 written here."""
+  exp = _experiment(8, loss_weighting=weighting)
+  state = _init(exp)
+  params = {k: np.asarray(v, np.float64) for k, v in state.params.items()}
+  images = np.random.default_rng(1).integers(0, 256, size=(1, 8, *SHAPE), dtype=np.uint8)
+  _, metrics = step_lib.make_train_step(exp, state)(state, {"x": images}, exp.schedule)
+  abar = ref.alphas_cumprod(exp.betas)
+  r, _, _, t = _reference_terms(params, images[0], 0, exp.config.seed, abar)
+  snr = abar / (1 - abar)
+  w = np.minimum(snr, 5.0) / snr if weighting == "min_snr" else 1.0 / (1.0 + snr)
+  np.testing.assert_allclose(metrics["loss"][0], np.mean(w[t] * np.mean(r**2, axis=1)), rtol=2e-5)
+
+
 class _Recorder(nn.Module):
   """Zero output; sends every timestep it is called with to the host."""
 

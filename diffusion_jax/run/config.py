@@ -17,7 +17,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from diffusion_jax import diffusion, sampling, schedules, solvers
+from diffusion_jax import diffusion, losses, sampling, schedules, solvers
 from diffusion_jax.checks import is_int
 from diffusion_jax.run import data
 
@@ -46,6 +46,10 @@ ADDED_KEYS = {
     "data.channels": 3,
     "data.eval_fraction": 0.05,
     "diffusion.rescale_zero_terminal_snr": False,
+    "training.loss_weighting": "uniform",
+    "training.min_snr_gamma": 5.0,
+    "training.p2_k": 1.0,
+    "training.p2_gamma": 1.0,
 }
 
 
@@ -125,6 +129,13 @@ def validate_config(config: ml_collections.ConfigDict) -> np.ndarray:
   weights_ok = lambda v: isinstance(v, (tuple, list)) and len(v) == T and all(_is_number(w) and w >= 0 for w in v)
   _require(config, "training.timestep_weights", lambda v: v is None or weights_ok(v),
            f"None (uniform) or {T} non-negative numbers, one per diffusion step")
+  _require(config, "training.loss_weighting", lambda v: v in losses.LOSS_WEIGHTINGS, ", ".join(losses.LOSS_WEIGHTINGS))
+  _require(config, "training.min_snr_gamma", lambda v: _is_number(v) and v > 0, "a number > 0")
+  _require(config, "training.p2_k", lambda v: _is_number(v) and v > 0, "a number > 0")
+  _require(config, "training.p2_gamma", lambda v: _is_number(v) and v >= 0, "a number >= 0")
+  if config.training.loss_weighting != "uniform" and config.training.timestep_weights is not None:
+    raise ValueError(f"training.loss_weighting = {config.training.loss_weighting!r} and training.timestep_weights "
+                     "both weight the MSE per t; set one of them (loss_weighting = 'uniform' to give the weights).")
   _require(config, "model.name", lambda v: v in MODELS, ", ".join(MODELS))
   _require(config, "eval.quality_metric", lambda v: v in QUALITY_METRICS, ", ".join(QUALITY_METRICS))
   if config.eval.quality_every_steps and not config.eval.quality_samples:

@@ -20,6 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
 from diffusion_jax import losses, schedules
@@ -41,13 +42,19 @@ class StepConfig:
   label_dropout: float = 0.0
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict, num_classes: int | None = None) -> StepConfig:
-    """The step of `config`; `num_classes` is the model's (None: unconditional)."""
-    weights = config.training.timestep_weights
+  def from_config(cls, config: ml_collections.ConfigDict, betas: np.ndarray,
+                  num_classes: int | None = None) -> StepConfig:
+    """The step of `config` and its float64 `betas`; `num_classes` is the model's (None: unconditional)."""
+    tc = config.training
+    weights = tc.timestep_weights
+    if tc.loss_weighting != "uniform":
+      weights = losses.loss_weights(
+          betas, weighting=tc.loss_weighting, model_mean_type=config.diffusion.model_mean_type,
+          min_snr_gamma=tc.min_snr_gamma, p2_k=tc.p2_k, p2_gamma=tc.p2_gamma)
     return cls(config.seed, config.diffusion.model_mean_type, config.diffusion.model_var_type,
-               float(config.training.ema_decay), config.training.on_nonfinite == "skip",
+               float(tc.ema_decay), tc.on_nonfinite == "skip",
                None if weights is None else tuple(float(w) for w in weights), num_classes,
-               float(config.training.label_dropout) if num_classes is not None else 0.0)
+               float(tc.label_dropout) if num_classes is not None else 0.0)
 
 
 def drop_labels(labels: jax.Array, key: jax.Array, rate: float, null_label: int) -> jax.Array:
@@ -132,6 +139,6 @@ def make_train_step(exp: Experiment, state: TrainState) -> Any:
   state_sharding = jax.tree.map(lambda a: a.sharding, state)
   return compiler.jit(
       functools.partial(train_step, model=exp.model, tx=exp.tx, lr_fn=learning_rate_fn(exp.config),
-                        cfg=StepConfig.from_config(exp.config, num_classes(exp))),
+                        cfg=StepConfig.from_config(exp.config, exp.betas, num_classes(exp))),
       in_shardings=(state_sharding, parallel.batch_sharding(exp.mesh, 1), parallel.replicated(exp.mesh)),
       out_shardings=(state_sharding, parallel.replicated(exp.mesh)), donate_argnums=0)
