@@ -91,6 +91,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.training.min_snr_gamma = 5.0  # min_snr: the weight of the x_0 error is min(SNR, gamma)
   c.training.p2_k = 1.0  # p2: the eps-MSE weighted 1 / (k + SNR)^gamma
   c.training.p2_gamma = 1.0
+  # uniform t, or importance: t drawn with probability ~ sqrt(E[L_t^2]) of its last 10 losses, each example weighted
+  # 1 / (T p_t) (Nichol & Dhariwal 2021, "Improved Denoising Diffusion Probabilistic Models", section 3.3; meant for
+  # the bound, model_var_type = learned_range); its loss history is part of the checkpoint
+  c.training.timestep_sampler = "uniform"
   c.training.label_dropout = 0.1  # class_conditional: each label is the null label with this probability
   c.training.compute_dtype = "float32"  # float32 or bfloat16 (unet activations; parameters stay float32)
   c.training.steps_per_call = 1  # optimizer steps per compiled call (amortises dispatch)

@@ -9,6 +9,7 @@ the step is also the data position) and a small JSON record.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -19,6 +20,14 @@ from diffusion_jax.run import logs
 
 # Orbax warns that a read-only manager's directory is read only: our own choice (sample/eval), not a fault.
 logs.silence(r"Given directory is read only")
+
+
+def _stored(state: Any) -> Any:
+  """The tree a checkpoint holds: a dataclass state's fields without the unset (None) ones, so that a state
+  without the optional parts (the importance sampler's loss history) is stored as before they existed."""
+  if not dataclasses.is_dataclass(state):
+    return state
+  return {f.name: getattr(state, f.name) for f in dataclasses.fields(state) if getattr(state, f.name) is not None}
 
 
 def _leaf_name(path: tuple[Any, ...]) -> str:
@@ -55,7 +64,7 @@ class Checkpointer:
     if step in self._manager.all_steps():
       return False
     return self._manager.save(
-        step, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        step, args=ocp.args.Composite(state=ocp.args.StandardSave(_stored(state)), meta=ocp.args.JsonSave(meta)),
         force=force)
 
   def check_compatible(self, abstract_state: Any, step: int | None = None) -> None:
@@ -81,9 +90,10 @@ class Checkpointer:
     """The state at `step` (default: latest), placed with the shardings of `abstract_state`."""
     step = self.latest_step() if step is None else step
     self.check_compatible(abstract_state, step)
-    restored = self._manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-    return restored["state"], restored["meta"]
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(_stored(abstract_state)), meta=ocp.args.JsonRestore()))
+    state = restored["state"]
+    return (abstract_state.replace(**state) if dataclasses.is_dataclass(abstract_state) else state), restored["meta"]
 
   def reached_preemption(self, step: int) -> bool:
     """Whether every process has agreed to stop at `step` after a pre-emption notice (multi-host)."""

@@ -26,6 +26,7 @@ SAMPLERS = ("ancestral", "ddim", *solvers.SOLVERS)
 COMPUTE_DTYPES = ("float32", "bfloat16")
 ON_NONFINITE = ("error", "skip")
 QUALITY_METRICS = ("auto", "inception", "classifier", "energy")
+TIMESTEP_SAMPLERS = ("uniform", "importance")
 
 
 # Keys added after workdirs were first written, with the values that reproduce a run from before them:
@@ -50,6 +51,7 @@ ADDED_KEYS = {
     "training.min_snr_gamma": 5.0,
     "training.p2_k": 1.0,
     "training.p2_gamma": 1.0,
+    "training.timestep_sampler": "uniform",
 }
 
 
@@ -133,6 +135,7 @@ def validate_config(config: ml_collections.ConfigDict) -> np.ndarray:
   _require(config, "training.min_snr_gamma", lambda v: _is_number(v) and v > 0, "a number > 0")
   _require(config, "training.p2_k", lambda v: _is_number(v) and v > 0, "a number > 0")
   _require(config, "training.p2_gamma", lambda v: _is_number(v) and v >= 0, "a number >= 0")
+  _require(config, "training.timestep_sampler", lambda v: v in TIMESTEP_SAMPLERS, ", ".join(TIMESTEP_SAMPLERS))
   if config.training.loss_weighting != "uniform" and config.training.timestep_weights is not None:
     raise ValueError(f"training.loss_weighting = {config.training.loss_weighting!r} and training.timestep_weights "
                      "both weight the MSE per t; set one of them (loss_weighting = 'uniform' to give the weights).")

@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from diffusion_jax import diffusion, sampling, schedules
+from diffusion_jax import diffusion, importance, sampling, schedules
 from diffusion_jax.models.mlp import MLPDenoiser
 from diffusion_jax.models.unet import UNet
 from diffusion_jax.run import config as config_lib
@@ -39,6 +39,7 @@ class TrainState(flax.struct.PyTreeNode):
   ema_params: Any
   opt_state: optax.OptState
   skipped_steps: jax.Array  # int32 scalar: non-finite updates skipped
+  loss_history: importance.LossHistory | None = None  # training.timestep_sampler = 'importance'
 
 
 def build_model(config: ml_collections.ConfigDict, info: data.DatasetInfo) -> nn.Module:
@@ -78,13 +79,20 @@ def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfor
 
 
 def init_state(model: nn.Module, tx: optax.GradientTransformation, info: data.DatasetInfo,
-               key: jax.Array, params: Any | None = None) -> TrainState:
-  """Step 0: fresh parameters from `key` (or the given `params`), EMA = parameters, fresh optimizer state."""
+               key: jax.Array, params: Any | None = None, history_steps: int | None = None) -> TrainState:
+  """Step 0: fresh parameters from `key` (or the given `params`), EMA = parameters, fresh optimizer state, and an
+  empty loss history of `history_steps` timesteps for the importance sampler (None: uniform t, no history)."""
   if params is None:
     x, t = jnp.zeros((1, *info.shape), jnp.float32), jnp.zeros((1,), jnp.int32)
     params = model.init({"params": key}, x, t)["params"]
+  history = None if history_steps is None else importance.init_history(history_steps)
   return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
-                    opt_state=tx.init(params), skipped_steps=jnp.zeros((), jnp.int32))
+                    opt_state=tx.init(params), skipped_steps=jnp.zeros((), jnp.int32), loss_history=history)
+
+
+def history_steps(config: ml_collections.ConfigDict) -> int | None:
+  """T where `training.timestep_sampler` is 'importance' (the state keeps a loss history per t), else None."""
+  return config.diffusion.num_diffusion_steps if config.training.timestep_sampler == "importance" else None
 
 
 def sampling_params(state: TrainState, config: ml_collections.ConfigDict) -> Any:
@@ -155,8 +163,8 @@ def build(config: ml_collections.ConfigDict, workdir: str | None = None,
 
 def abstract_state(exp: Experiment) -> TrainState:
   """Shapes, dtypes and (replicated) shardings of the state, without computing it."""
-  shapes = jax.eval_shape(functools.partial(init_state, exp.model, exp.tx, exp.info),
-                          jax.random.key(exp.config.seed))
+  shapes = jax.eval_shape(functools.partial(init_state, exp.model, exp.tx, exp.info,
+                                            history_steps=history_steps(exp.config)), jax.random.key(exp.config.seed))
   sharding = parallel.replicated(exp.mesh)
   return jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), shapes)
 

@@ -23,7 +23,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from diffusion_jax import losses, schedules
+from diffusion_jax import importance, losses, schedules
 from diffusion_jax.run import compiler, data, parallel
 from diffusion_jax.run.experiment import Experiment, TrainState, learning_rate_fn, model_fn, num_classes
 
@@ -40,6 +40,7 @@ class StepConfig:
   timestep_weights: tuple[float, ...] | None = None
   num_classes: int | None = None  # class-conditional: K, also the null label
   label_dropout: float = 0.0
+  importance_sampling: bool = False  # t from the state's loss history (importance.sample), not uniform
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, betas: np.ndarray,
@@ -54,7 +55,7 @@ class StepConfig:
     return cls(config.seed, config.diffusion.model_mean_type, config.diffusion.model_var_type,
                float(tc.ema_decay), tc.on_nonfinite == "skip",
                None if weights is None else tuple(float(w) for w in weights), num_classes,
-               float(tc.label_dropout) if num_classes is not None else 0.0)
+               float(tc.label_dropout) if num_classes is not None else 0.0, tc.timestep_sampler == "importance")
 
 
 def drop_labels(labels: jax.Array, key: jax.Array, rate: float, null_label: int) -> jax.Array:
@@ -68,7 +69,10 @@ def _one_step(state: TrainState, batch: dict[str, jax.Array], schedule: schedule
   x_start = data.to_model_input(batch["x"])
   key = jax.random.fold_in(jax.random.key(cfg.seed), state.step)
   t_key, noise_key, dropout_key = jax.random.split(key, 3)
-  t = jax.random.randint(t_key, x_start.shape[:1], 0, schedule.num_diffusion_steps)
+  if cfg.importance_sampling:  # weighted by 1 / (T p_t): the same expected loss as uniform t
+    t, sample_weights = importance.sample(t_key, state.loss_history, x_start.shape[0])
+  else:
+    t, sample_weights = jax.random.randint(t_key, x_start.shape[:1], 0, schedule.num_diffusion_steps), None
   noise = jax.random.normal(noise_key, x_start.shape)
   weights = None if cfg.timestep_weights is None else jnp.asarray(cfg.timestep_weights, jnp.float32)
   labels = None
@@ -80,7 +84,8 @@ def _one_step(state: TrainState, batch: dict[str, jax.Array], schedule: schedule
         schedule, model_fn=model_fn(model, params, train=True, dropout_key=dropout_key, labels=labels), x_start=x_start,
         t=t, noise=noise, model_mean_type=cfg.model_mean_type, model_var_type=cfg.model_var_type,
         timestep_weights=weights)
-    return jnp.mean(terms["loss"]), terms
+    per_example = terms["loss"] if sample_weights is None else terms["loss"] * sample_weights
+    return jnp.mean(per_example), terms
 
   (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
   grad_norm = optax.tree.norm(grads)
@@ -90,7 +95,10 @@ def _one_step(state: TrainState, batch: dict[str, jax.Array], schedule: schedule
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema_params = optax.incremental_update(params, state.ema_params, 1.0 - cfg.ema_decay)
-    return state.replace(step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state)
+    history = state.loss_history if not cfg.importance_sampling else importance.update(
+        state.loss_history, t, terms["loss"])
+    return state.replace(step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state,
+                         loss_history=history)
 
   def keep(state: TrainState) -> TrainState:
     if cfg.skip_nonfinite:

@@ -57,8 +57,9 @@ def restore_or_init(exp: Experiment, ckpt: Checkpointer) -> TrainState:
   if exp.config.pretrained is not None:
     params = transfer.load_pretrained(exp)
     logging.info("Starting from the pretrained %s.", exp.config.pretrained)
-  init = compiler.jit(lambda key, params: experiment.init_state(exp.model, exp.tx, exp.info, key, params),
-                      out_shardings=parallel.replicated(exp.mesh))
+  init = compiler.jit(lambda key, params: experiment.init_state(
+      exp.model, exp.tx, exp.info, key, params, experiment.history_steps(exp.config)),
+      out_shardings=parallel.replicated(exp.mesh))
   return init(jax.random.key(exp.config.seed), params)
 
 
