@@ -11,6 +11,7 @@ import pytest
 import scipy.stats
 
 import reference as ref
+from diffusion_jax import importance
 from diffusion_jax.run import data, experiment
 from diffusion_jax.run import step as step_lib
 from helpers import tiny_config
@@ -151,6 +152,33 @@ def test_loss_weighting_from_the_config_weights_the_eps_loss_as_the_papers(weigh
   snr = abar / (1 - abar)
   w = np.minimum(snr, 5.0) / snr if weighting == "min_snr" else 1.0 / (1.0 + snr)
   np.testing.assert_allclose(metrics["loss"][0], np.mean(w[t] * np.mean(r**2, axis=1)), rtol=2e-5)
+
+
+def test_an_importance_sampled_step_weights_each_loss_by_one_over_T_p_and_records_it():
+  """With a full history, t ~ p (drawn with the step's t key, p in float64 here: the root mean square of each t's
+  losses, 0.1% uniform) and the loss is mean_b |r_b|^2 / D / (T p_{t_b}); each unweighted loss joins its t's row."""
+  exp = _experiment(8, timestep_sampler="importance")
+  state = jax.jit(lambda key: experiment.init_state(exp.model, exp.tx, exp.info, key, history_steps=T))(
+      jax.random.key(5))
+  rows = np.random.default_rng(2).uniform(0.1, 3.0, (T, importance.HISTORY)).astype(np.float32)
+  state = state.replace(loss_history=importance.LossHistory(jnp.asarray(rows), jnp.full((T,), importance.HISTORY)))
+  params = {k: np.asarray(v, np.float64) for k, v in state.params.items()}
+  images = np.random.default_rng(1).integers(0, 256, size=(1, 8, *SHAPE), dtype=np.uint8)
+  new, metrics = step_lib.make_train_step(exp, state)(state, {"x": images}, exp.schedule)
+  rms = np.sqrt(np.mean(rows.astype(np.float64) ** 2, axis=1))
+  p = (1 - 1e-3) * rms / rms.sum() + 1e-3 / T
+  t_key, noise_key, _ = jax.random.split(jax.random.fold_in(jax.random.key(exp.config.seed), 0), 3)
+  t = np.asarray(jax.random.choice(t_key, T, (8,), p=jnp.asarray(p, jnp.float32)))
+  eps = np.asarray(jax.random.normal(noise_key, (8, *SHAPE)), np.float64)
+  a = ref.alphas_cumprod(exp.betas)[t][:, None, None, None]
+  x_t = (np.sqrt(a) * (images[0] / 127.5 - 1.0) + np.sqrt(1 - a) * eps).reshape(8, -1)
+  per_example = np.mean((x_t @ params["w"] + params["b"] + t[:, None] / T * params["c"] - eps.reshape(8, -1)) ** 2, 1)
+  np.testing.assert_allclose(metrics["loss"][0], np.mean(per_example / (T * p[t])), rtol=2e-5)
+  history = np.asarray(new.loss_history.losses)
+  for ti in np.unique(t):  # the row's newest entries are this batch's losses at ti, in the batch's order
+    mine = per_example[t == ti]
+    np.testing.assert_allclose(history[ti, -len(mine):], mine, rtol=2e-5)
+    np.testing.assert_array_equal(history[ti, :-len(mine)], rows[ti, len(mine):])
 
 
 class _Recorder(nn.Module):
