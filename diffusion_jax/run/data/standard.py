@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import hashlib
 import os
 import pickle
 import tarfile
@@ -24,6 +23,7 @@ from absl import flags, logging
 
 from diffusion_jax import files
 from diffusion_jax.run.data import prepared
+from diffusion_jax.run.data.arrays import ArrayReader
 
 FORMAT = 1
 _FASHION = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
@@ -55,14 +55,6 @@ def prepared_path(name: str, data_dir: str | None) -> str:
   return os.path.join(prepared.default_root(data_dir), f"{name}-v{FORMAT}")
 
 
-def md5(path: str) -> str:
-  digest = hashlib.md5()
-  with open(path, "rb") as f:
-    for block in iter(lambda: f.read(1 << 20), b""):
-      digest.update(block)
-  return digest.hexdigest()
-
-
 def _download(url: str, path: str) -> None:
   logging.info("Downloading %s to %s.", url, path)
   try:
@@ -92,7 +84,7 @@ def locate(name: str, archive: str | None, data_dir: str | None, checksums: dict
     if not os.path.isfile(path):
       raise FileNotFoundError(f"--archive {archive!r}: no file {file} there ({name} needs "
                               f"{', '.join(ARCHIVES[name])}).")
-    digest = md5(path)
+    digest = files.digest(path, "md5")
     if digest != checksums[file]:
       if archive is None:  # a damaged download: the next run fetches it again
         os.remove(path)
@@ -156,20 +148,6 @@ def read_mnist(paths: dict[str, str], name: str) -> tuple[Splits, tuple[str, ...
   return splits, FASHION_CLASSES if name == "fashion_mnist" else tuple(str(i) for i in range(10))
 
 
-class _Arrays:
-  """Reads record i of in-memory (images, labels) of one split, as `prepared.Reader`."""
-
-  def __init__(self, splits: Splits):
-    self.splits = splits
-
-  def read(self, item: tuple[str, int]) -> tuple[np.ndarray, int, bool]:
-    images, labels = self.splits[item[0]]
-    return images[item[1]], int(labels[item[1]]), False
-
-  def describe(self, item: tuple[str, int]) -> str:
-    return f"{item[0]} {item[1]}"
-
-
 def prepare(name: str, *, archive: str | None = None, data_dir: str | None = None,
             checksums: dict[str, str] | None = None) -> str:
   """Prepares `name` from its published files (unless already prepared) and returns the records' directory.
@@ -191,10 +169,13 @@ def prepare(name: str, *, archive: str | None = None, data_dir: str | None = Non
     paths = locate(name, archive, data_dir, checksums)
     splits, classes = (read_cifar(next(iter(paths.values())), name) if name.startswith("cifar")
                        else read_mnist(paths, name))
-    prepared.write(final, name=name, reader=_Arrays(splits), splits={
-        split: [(split, i) for i in range(len(images))] for split, (images, _) in splits.items()},
-        shape=splits["train"][0].shape[1:], class_names=classes, num_workers=0,
-        source={"name": name, "files": {f: checksums[f] for f in paths}})
+    images = np.concatenate([splits["train"][0], splits["test"][0]])  # train first, then test
+    labels = np.concatenate([splits["train"][1], splits["test"][1]])
+    n = len(splits["train"][0])
+    H, _, C = images.shape[1:]
+    prepared.write(final, name=name, reader=ArrayReader(images, labels, H, C),
+                   splits={"train": list(range(n)), "test": list(range(n, len(images)))}, shape=images.shape[1:],
+                   class_names=classes, num_workers=0, source={"name": name, "files": {f: checksums[f] for f in paths}})
 
   return prepared.ensure(prepared_path(name, data_dir), write)
 
