@@ -25,12 +25,11 @@ import tensorflow_datasets as tfds
 
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from random_cifar10 import NAME, RandomCifar10  # noqa: E402
+from random_cifar10 import NAME, RandomCifar10, register  # noqa: E402
 
 import common  # noqa: E402
 from configs import default  # noqa: E402
 from diffusion_jax.run import data, parallel  # noqa: E402
-from diffusion_jax.run.data import sources  # noqa: E402
 
 
 def prepare(data_dir: str, records: int) -> None:
@@ -69,9 +68,7 @@ def main() -> None:
   parser.add_argument("--out", default="benchmarks/results/input_pipeline.json")
   args = common.parse_args(parser)
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
-  # The benchmark's dataset joins the built-in names for this process only.
-  sources.IMAGE_DATASETS += (NAME,)
-  sources.DATASETS += (NAME,)
+  register()
   prepare(args.data_dir, args.records)
   config = default.get_config()
   config.data.update(dataset=NAME, data_dir=args.data_dir, random_flip=True)

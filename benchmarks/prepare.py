@@ -26,11 +26,11 @@ import PIL.Image
 sys.path.insert(0, os.path.dirname(__file__))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import input_pipeline  # noqa: E402
-from random_cifar10 import NAME  # noqa: E402
+from random_cifar10 import NAME, register  # noqa: E402
 
 import common  # noqa: E402
 from configs import default  # noqa: E402
-from diffusion_jax.run.data import folder, sources  # noqa: E402
+from diffusion_jax.run.data import folder  # noqa: E402
 
 
 def write_images(root: str, count: int, side: int, ext: str) -> None:
@@ -85,8 +85,7 @@ def main() -> None:
                    "images_per_s": rate})
       print(rows[-1], flush=True)
   # The read rate: the prepared PNG folder, and the CIFAR-shaped TFDS dataset, with flips, one read thread.
-  sources.IMAGE_DATASETS += (NAME,)  # the benchmark's dataset joins the built-in names for this process only
-  sources.DATASETS += (NAME,)
+  register()
   random_dir = os.path.join("/tmp", NAME)
   input_pipeline.prepare(random_dir, 50_000)
   for name, keys in [(f"prepared folder ({args.pngs} 32x32 PNGs)",

@@ -7,6 +7,8 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from diffusion_jax.run.data import sources
+
 NAME = "random_cifar10"
 
 
@@ -29,3 +31,10 @@ class RandomCifar10(tfds.core.GeneratorBasedBuilder):
     rng = np.random.default_rng(seed)
     for i in range(n):
       yield i, {"image": rng.integers(0, 256, (32, 32, 3), np.uint8), "label": int(rng.integers(10))}
+
+
+def register() -> None:
+  """Adds the dataset to the image datasets `data.dataset` may name, in this process only."""
+  if NAME not in sources.DATASETS:
+    sources.IMAGE_DATASETS += (NAME,)
+    sources.DATASETS += (NAME,)

@@ -13,7 +13,7 @@ fits), grey images: --config.data.channels=1. The model is the DDPM UNet at 64x6
 attention at 16x16, ~36M parameters).
 """
 
-from configs import default
+from configs import cifar10, default
 
 
 def get_config():
@@ -21,12 +21,7 @@ def get_config():
   c.data.dataset = "folder"
   c.data.image_size = 64
   c.data.random_flip = True
-  c.model.ch = 128
-  c.model.ch_mult = (1, 2, 2, 2)
-  c.model.num_res_blocks = 2
-  c.model.attn_resolutions = (16,)
-  c.model.dropout = 0.1
-  c.model.num_groups = 32
+  c.model = cifar10.get_config().model  # the paper's CIFAR-10 UNet: at 64x64, 4 levels down to 8x8
   c.diffusion.num_diffusion_steps = 1000
   c.training.num_train_steps = 200_000
   c.training.global_batch_size = 64
