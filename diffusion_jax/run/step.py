@@ -95,8 +95,8 @@ def _one_step(state: TrainState, batch: dict[str, jax.Array], schedule: schedule
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema_params = optax.incremental_update(params, state.ema_params, 1.0 - cfg.ema_decay)
-    history = state.loss_history if not cfg.importance_sampling else importance.update(
-        state.loss_history, t, terms["loss"])
+    history = (importance.update(state.loss_history, t, terms["loss"]) if cfg.importance_sampling
+               else state.loss_history)
     return state.replace(step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state,
                          loss_history=history)
 

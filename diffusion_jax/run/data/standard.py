@@ -68,29 +68,29 @@ def _download(url: str, path: str) -> None:
 def locate(name: str, archive: str | None, data_dir: str | None, checksums: dict[str, str]) -> dict[str, str]:
   """The path of each of `name`'s published files, downloaded if `archive` is None, each checked against
   `checksums` (file -> MD5); `ValueError` for a wrong checksum, `FileNotFoundError` for a missing file."""
+  published = ARCHIVES[name]
   if archive is None:
     folder = os.path.join(os.path.dirname(prepared.default_root(data_dir)), "downloads")
     os.makedirs(folder, exist_ok=True)
-  elif len(ARCHIVES[name]) > 1 and not os.path.isdir(archive):
-    raise ValueError(f"--archive {archive!r} is not a directory; {name} needs the directory that holds "
-                     f"{', '.join(ARCHIVES[name])}.")
+    paths = {file: os.path.join(folder, file) for file in published}
+  elif os.path.isdir(archive):
+    paths = {file: os.path.join(archive, file) for file in published}
+  elif len(published) == 1:
+    paths = {next(iter(published)): archive}
   else:
-    folder = archive if os.path.isdir(archive) else os.path.dirname(archive)
-  paths = {}
-  for file, (url, _) in ARCHIVES[name].items():
-    path = archive if archive is not None and not os.path.isdir(archive) else os.path.join(folder, file)
+    raise ValueError(f"--archive {archive!r} is not a directory; {name} needs the directory that holds "
+                     f"{', '.join(published)}.")
+  for file, path in paths.items():
     if archive is None and not os.path.exists(path):
-      _download(url, path)
+      _download(published[file][0], path)
     if not os.path.isfile(path):
-      raise FileNotFoundError(f"--archive {archive!r}: no file {file} there ({name} needs "
-                              f"{', '.join(ARCHIVES[name])}).")
+      raise FileNotFoundError(f"--archive {archive!r}: no file {file} there ({name} needs {', '.join(published)}).")
     digest = files.digest(path, "md5")
     if digest != checksums[file]:
       if archive is None:  # a damaged download: the next run fetches it again
         os.remove(path)
       raise ValueError(f"--archive {path!r} has MD5 {digest}, not the published {checksums[file]} of {file}: "
                        "a different or damaged file" + (" (removed)." if archive is None else "."))
-    paths[file] = path
   return paths
 
 
