@@ -96,6 +96,7 @@ def test_zero_terminal_snr_refuses_what_it_leaves_undefined(keys, match):
     ("training.min_snr_gamma", 0.0, r"training.min_snr_gamma = 0.0 is invalid; allowed: a number > 0"),
     ("training.p2_gamma", -1.0, r"training.p2_gamma = -1.0 is invalid; allowed: a number >= 0"),
     ("training.timestep_sampler", "loss", r"training.timestep_sampler = 'loss' is invalid; allowed: uniform, impor"),
+    ("eval.quality_bootstrap", 1, r"eval.quality_bootstrap = 1 is invalid; allowed: 0 \(no spread\) or an int"),
 ])
 def test_validate_config_names_the_key_the_value_and_what_is_allowed(key, value, match):
   c = tiny.get_config()

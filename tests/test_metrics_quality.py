@@ -126,6 +126,16 @@ def test_real_digits_score_about_their_baseline(data_dir):
   assert real["dataset_fid"] < 2 * scorer.baseline["dataset_fid"]
   assert abs(real["confident_share"] - scorer.baseline["confident_share"]) < 0.1
   assert abs(real["class_balance"] - scorer.baseline["class_balance"]) < 0.05
+  # Every figure has its bootstrap spread (100 resamples: relative error ~7%). The confident share is a proportion:
+  # its standard deviation is sqrt(p (1 - p) / n), for the samples and the baseline alike.
+  for figures in (real, scorer.baseline):
+    p = figures["confident_share"]
+    assert figures["confident_share_std"] == pytest.approx(np.sqrt(p * (1 - p) / 297), rel=0.25)
+    assert 0 < figures["dataset_fid_std"] < figures["dataset_fid"]
+  line = scorer.report(real)
+  assert f"confident_share {real['confident_share']:.4g} +- {real['confident_share_std']:.2g}" in line
+  assert f"real data, 297 held-out examples: dataset_fid {scorer.baseline['dataset_fid']:.4g} +- " in line
+  assert scorer.as_metrics(real)["quality/dataset_fid_baseline_std"] == scorer.baseline["dataset_fid_std"]
 
 
 def test_shipped_toy_config_matches_real_two_moons_and_untrained_does_not(tmp_path):
@@ -149,6 +159,7 @@ def test_shipped_toy_config_matches_real_two_moons_and_untrained_does_not(tmp_pa
   draws = [stats.energy_distance(train_points[i:i + 2000], held_out) for i in range(0, 20_000, 2000)]
   assert scorer.baseline_draws == 10
   np.testing.assert_allclose(b, np.mean(draws), rtol=1e-12)
+  np.testing.assert_allclose(scorer.baseline["energy_distance_std"], np.std(draws, ddof=1) / np.sqrt(10), rtol=1e-12)
   # Measured: 0.74x; eight other draws of 2000 samples from this run 0.42x-1.61x (fresh real draws: 0.35x-1.32x,
   # 10th-90th percentile); 300 steps of training score 565x.
   assert trained < 2.5 * b

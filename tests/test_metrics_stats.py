@@ -97,3 +97,31 @@ def test_energy_distance_equals_the_closed_form_for_shifted_normals():
     assert abs(got - want) < 4 * se, (delta, got, want, se)
   with pytest.raises(ValueError, match="n, m >= 2"):
     stats.energy_distance(np.zeros((1, 2)), np.zeros((5, 2)))
+
+
+def test_bootstrap_std_of_a_mean_equals_the_ideal_bootstraps_closed_form():
+  """The ideal bootstrap variance of a sample mean is sum (x - mean)^2 / n^2; B resamples estimate its square root
+  with relative error 1 / sqrt(2 B) (1.1% at B = 4000)."""
+  x = np.random.default_rng(0).exponential(size=500)
+  spread = stats.bootstrap_std(lambda i: {"mean": x[i].mean(), "max": x[i].max()}, len(x), num_resamples=4000)
+  assert spread["mean"] == pytest.approx(np.sqrt(np.sum((x - x.mean()) ** 2)) / len(x), rel=0.05)
+  assert spread["max"] > 0
+  with pytest.raises(ValueError, match="num_resamples >= 2"):
+    stats.bootstrap_std(lambda i: {"mean": x[i].mean()}, len(x), num_resamples=1)
+
+
+def test_bootstrap_std_of_a_frechet_distance_is_its_spread_over_independent_draws():
+  """One draw's bootstrap spread of the FD (vs fixed reference statistics) predicts the FD's standard deviation over
+  400 independent draws of n = 300 Gaussian features (relative error 3.5%; the mean of 20 bootstrap estimates ~2%;
+  measured ratio 1.07)."""
+  d, n = 8, 300
+  rng = np.random.default_rng(0)
+  a = rng.normal(size=(d, d)) / np.sqrt(d)
+  cov = a @ a.T + 0.5 * np.eye(d)
+  root = np.linalg.cholesky(cov)
+  fd = lambda x: stats.frechet_distance(x.mean(0), np.cov(x.T), np.full(d, 0.3), 1.2 * cov)
+  across_draws = np.std([fd(rng.normal(size=(n, d)) @ root.T) for _ in range(400)], ddof=1)
+  draws = [rng.normal(size=(n, d)) @ root.T for _ in range(20)]
+  bootstrap = np.mean([stats.bootstrap_std(lambda i, x=x: {"fd": fd(x[i])}, n, num_resamples=200)["fd"]
+                       for x in draws])
+  assert bootstrap == pytest.approx(across_draws, rel=0.2)

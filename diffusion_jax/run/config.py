@@ -52,6 +52,7 @@ ADDED_KEYS = {
     "training.p2_k": 1.0,
     "training.p2_gamma": 1.0,
     "training.timestep_sampler": "uniform",
+    "eval.quality_bootstrap": 0,
 }
 
 
@@ -141,6 +142,8 @@ def validate_config(config: ml_collections.ConfigDict) -> np.ndarray:
                      "both weight the MSE per t; set one of them (loss_weighting = 'uniform' to give the weights).")
   _require(config, "model.name", lambda v: v in MODELS, ", ".join(MODELS))
   _require(config, "eval.quality_metric", lambda v: v in QUALITY_METRICS, ", ".join(QUALITY_METRICS))
+  _require(config, "eval.quality_bootstrap", lambda v: is_int(v) and (v == 0 or v >= 2),
+           "0 (no spread) or an integer >= 2 (resamples)")
   if config.eval.quality_every_steps and not config.eval.quality_samples:
     raise ValueError(f"eval.quality_every_steps = {config.eval.quality_every_steps} needs eval.quality_samples > 0.")
   _require(config, "sampling.sampler", lambda v: v in SAMPLERS, ", ".join(SAMPLERS))

@@ -125,7 +125,8 @@ def save_samples(samples: np.ndarray, path: str, info: data.DatasetInfo, dataset
   return len(shown)
 
 
-_COLOURS = [(200, 30, 30), (30, 90, 200), (30, 150, 60), (150, 60, 180), (230, 130, 0), (0, 150, 160)]
+_COLOURS = [(200, 30, 30), (30, 90, 200), (30, 150, 60), (150, 60, 180), (230, 130, 0), (0, 150, 160), (120, 120, 0),
+            (220, 60, 150), (90, 60, 30)]
 
 
 def _line_plot(draw: ImageDraw.ImageDraw, left: int, panel: tuple[int, int], xs: list[float],

@@ -160,17 +160,18 @@ def evaluate_quality(exp: Experiment, params: Any, step: int | None, workdir: st
     if len(scales) > 1:
       logging.info("Guidance scale sweep:\n%s", guidance_table(by_scale, scorer.baseline))
       plot = os.path.join(workdir, f"guidance_{_tag(step)}.png")
-      images.save_line_plots(scales, {k: [f[k] for f in by_scale.values()] for k in by_scale[scales[0]]}, plot,
+      names = quality.headline(by_scale[scales[0]])
+      images.save_line_plots(scales, {k: [f[k] for f in by_scale.values()] for k in names}, plot,
                              x_label="guidance scale w", baselines=scorer.baseline)
       logging.info("Wrote %s", plot)
   return {"figures": figures, "baseline": scorer.baseline, "metric": scorer.metric, "num_samples": scorer.num_samples}
 
 
 def guidance_table(by_scale: dict[float, dict[str, float]], baseline: dict[str, float]) -> str:
-  """A plain-text table: one row per guidance scale w, one column per figure, and the real data's row."""
-  names = list(next(iter(by_scale.values())))
-  rows = [["w", *names]] + [[f"{w:g}", *(f"{f[k]:.4g}" for k in names)] for w, f in by_scale.items()]
-  rows.append(["real data", *(f"{baseline[k]:.4g}" if k in baseline else "-" for k in names)])
+  """A plain-text table: one row per guidance scale w, one column per figure (+- its spread), and real data's row."""
+  names = quality.headline(next(iter(by_scale.values())))
+  rows = [["w", *names]] + [[f"{w:g}", *(quality.with_spread(f, k) for k in names)] for w, f in by_scale.items()]
+  rows.append(["real data", *(quality.with_spread(baseline, k) if k in baseline else "-" for k in names)])
   widths = [max(len(r[i]) for r in rows) for i in range(len(names) + 1)]
   return "\n".join("  ".join(c.rjust(n) for c, n in zip(r, widths)) for r in rows)
 

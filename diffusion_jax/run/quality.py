@@ -17,6 +17,13 @@ a number can be read: a model is as good as the data when it scores its baseline
 For the toys the baseline is the mean over disjoint draws of training points, each
 against the same held-out points: one draw's figure spreads over 0.4-2.8x its mean.
 The train split's statistics (and the classifier) are computed once and cached.
+
+Every figure comes with its spread, `<figure>_std`: the standard deviation of the
+figure over `eval.quality_bootstrap` bootstrap resamples of the scored features
+(the baseline's too; for the toys' mean of draws, its standard error), an estimate
+of how far another draw of as many samples would move it. KID keeps its own
+`kid_std` over its subsets. A difference between a model and real data smaller
+than about twice the spreads is not a difference.
 """
 
 from __future__ import annotations
@@ -43,6 +50,17 @@ METRICS = config_lib.QUALITY_METRICS
 CONFIDENT = 0.9  # a sample is confidently classified when the classifier's top probability reaches this
 _KID_REFERENCE = 5000  # train features kept for KID
 _BATCH = 64  # images per compiled feature call (times the device count)
+
+
+def headline(figures: dict[str, float]) -> list[str]:
+  """The names of the figures themselves, without their spreads (`<figure>_std`)."""
+  return [k for k in figures if not k.endswith("_std")]
+
+
+def with_spread(figures: dict[str, float], name: str) -> str:
+  """`1.071 +- 0.1523`: a figure and its spread where `figures` has one."""
+  spread = figures.get(f"{name}_std")
+  return f"{figures[name]:.4g}" + ("" if spread is None else f" +- {spread:.2g}")
 
 
 def resolve_metric(config: ml_collections.ConfigDict, info: data.DatasetInfo) -> str:
@@ -125,9 +143,11 @@ class Scorer:
     self._features = self._feature_fn()
     self.reference = self._reference()
     if self.metric == "energy":  # one draw's figure spreads over 0.4-2.8x its mean: the mean of disjoint draws
-      draws = self._toy_draws()
-      self.baseline_samples, self.baseline_draws = len(draws[0]), len(draws)
-      self.baseline = {"energy_distance": float(np.mean([self.score(d)["energy_distance"] for d in draws]))}
+      draws = [self._figures(d, None, None)["energy_distance"] for d in self._toy_draws()]
+      self.baseline_samples, self.baseline_draws = self.num_samples, len(draws)
+      self.baseline = {"energy_distance": float(np.mean(draws))}
+      if len(draws) > 1:  # the standard error of that mean
+        self.baseline["energy_distance_std"] = float(np.std(draws, ddof=1) / np.sqrt(len(draws)))
     else:
       real, real_labels = self._split_arrays(self.config.eval.split, self.num_samples)
       self.baseline_samples, self.baseline_draws = len(real), 1  # fewer than num_samples if the split is smaller
@@ -229,7 +249,7 @@ class Scorer:
   # ------------------------------------------------------------------ scores
 
   def score(self, samples: np.ndarray, label: str = "samples", labels: np.ndarray | None = None) -> dict[str, float]:
-    """The figures of `samples` (images in [-1, 1] or uint8, or points) against the reference.
+    """The figures of `samples` (images in [-1, 1] or uint8, or points) against the reference, with their spreads.
 
     Args:
       samples: the samples.
@@ -239,43 +259,65 @@ class Scorer:
 
     Returns:
       `{energy_distance}`, `{fid, kid, kid_std}` or `{dataset_fid, confident_share, class_balance}`
-      (+ `class_agreement`).
+      (+ `class_agreement`), and `<figure>_std` for each (with `eval.quality_bootstrap` > 0).
     """
     if self.metric == "energy":
-      return {"energy_distance": stats.energy_distance(samples, self.reference.features[:len(samples)])}
-    feats, logits = self._features(_to_uint8(np.asarray(samples)), label)
+      feats, probs = np.asarray(samples, np.float64), None
+    else:
+      feats, logits = self._features(_to_uint8(np.asarray(samples)), label)
+      probs = np.asarray(jax.nn.softmax(logits, axis=-1), np.float64)
+    labels = None if labels is None else np.asarray(labels)
+    figures = self._figures(feats, probs, labels, with_kid=True)
+    resamples = self.config.eval.quality_bootstrap
+    if resamples:
+      pick = lambda a, i: None if a is None else a[i]
+      spread = stats.bootstrap_std(lambda i: self._figures(feats[i], pick(probs, i), pick(labels, i)), len(feats),
+                                   num_resamples=resamples)
+      figures.update({f"{k}_std": v for k, v in spread.items()})
+    return figures
+
+  def _figures(self, feats: np.ndarray, probs: np.ndarray | None, labels: np.ndarray | None,
+               with_kid: bool = False) -> dict[str, float]:
+    """The figures of features (or points), the classifier's probabilities and the drawn labels; KID on request."""
+    if self.metric == "energy":
+      return {"energy_distance": stats.energy_distance(feats, self.reference.features[:len(feats)])}
     running = stats.RunningStats(feats.shape[1]).update(feats)
     fd = stats.frechet_distance(running.mean, running.cov, self.reference.mean, self.reference.cov)
     if self.metric == "inception":
+      if not with_kid:
+        return {"fid": fd}
       ec = self.config.eval
       kid, kid_std = stats.kid(feats, self.reference.features, num_subsets=ec.kid_subsets,
                                subset_size=ec.kid_subset_size)
       return {"fid": fd, "kid": kid, "kid_std": kid_std}
-    probs = jax.nn.softmax(logits, axis=-1)
     counts = np.bincount(np.argmax(probs, -1), minlength=self.info.num_classes) / len(probs)
     entropy = -np.sum(counts * np.log(np.where(counts > 0, counts, 1.0)))
     figures = {"dataset_fid": fd, "confident_share": float(np.mean(np.max(probs, -1) >= CONFIDENT)),
                "class_balance": float(entropy / np.log(self.info.num_classes))}
     if labels is not None:
-      figures["class_agreement"] = float(np.mean(np.argmax(probs, -1) == np.asarray(labels)))
+      figures["class_agreement"] = float(np.mean(np.argmax(probs, -1) == labels))
     return figures
 
   def report(self, figures: dict[str, float], short: bool = False) -> str:
-    """`fid 12.3, ... (real data, 297 test examples: fid 1.2, ...)` for a log line; `short`: the headline figure
-    alone, `energy_distance 0.0022 = 1.20x real data's 0.00183`, for a plot's title."""
-    shown = [k for k in figures if k != "kid_std" and k in self.baseline]
+    """`fid 12.3 +- 0.4, ... (real data, 297 test examples: fid 1.2 +- 0.1, ...)` for a log line (+- the spread);
+    `short`: the headline figure alone, `energy_distance 0.0022 = 1.20x real data's 0.00183`, for a plot's title."""
+    shown = [k for k in headline(figures) if k in self.baseline]
     if short:
       k = shown[0]
       return f"{k} {figures[k]:.3g} = {figures[k] / self.baseline[k]:.2f}x real data's {self.baseline[k]:.3g}"
     real = (f"the mean of {self.baseline_draws} draws of {self.baseline_samples} training points"
             if self.metric == "energy" else f"{self.baseline_samples} held-out examples")
-    return (", ".join(f"{k} {figures[k]:.4g}" for k in shown) + f" (real data, {real}: "
-            + ", ".join(f"{k} {self.baseline[k]:.4g}" for k in shown) + ")")
+    return (", ".join(f"{k} {with_spread(figures, k)}" for k in shown) + f" (real data, {real}: "
+            + ", ".join(f"{k} {with_spread(self.baseline, k)}" for k in shown) + ")")
 
   def as_metrics(self, figures: dict[str, float]) -> dict[str, float]:
-    """`quality/<figure>` and `quality/<figure>_baseline`, for metrics.jsonl and TensorBoard."""
+    """`quality/<figure>`, `quality/<figure>_baseline` and their spreads (`..._std`), for metrics.jsonl and
+    TensorBoard."""
     out = {f"quality/{k}": float(v) for k, v in figures.items()}
-    out.update({f"quality/{k}_baseline": float(v) for k, v in self.baseline.items()})
+    for k in headline(self.baseline):
+      out[f"quality/{k}_baseline"] = float(self.baseline[k])
+      if f"{k}_std" in self.baseline:
+        out[f"quality/{k}_baseline_std"] = float(self.baseline[f"{k}_std"])
     return out
 
   def write(self, path: str, figures: dict[str, float], **extra: Any) -> None:
