@@ -81,3 +81,12 @@ def test_the_configs_samplers_are_the_library_functions(name, spacing):
   full = sampling.ancestral_sample(
       exp.schedule, model_fn=fn, shape=shape, key=key, model_var_type=c.diffusion.model_var_type)
   assert not np.allclose(got, full, atol=1e-2)
+
+
+def test_the_guidance_table_shows_each_figure_with_its_spread_and_real_datas_row():
+  figures = lambda fid, share: {"dataset_fid": fid, "dataset_fid_std": fid / 4, "confident_share": share,
+                                "confident_share_std": 0.02}
+  table = modes.guidance_table({0.0: figures(3.0, 0.7), 2.0: figures(2.0, 0.8)}, figures(1.6, 0.84))
+  assert [line.split() for line in table.splitlines()] == [
+      ["w", "dataset_fid", "confident_share"], ["0", "3", "+-", "0.75", "0.7", "+-", "0.02"],
+      ["2", "2", "+-", "0.5", "0.8", "+-", "0.02"], ["real", "data", "1.6", "+-", "0.4", "0.84", "+-", "0.02"]]
