@@ -78,6 +78,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.training.global_batch_size = 64  # over all devices and hosts
   c.training.learning_rate = 1e-3  # Adam's, after the warmup
   c.training.warmup_steps = 100  # linear warmup from 0
+  c.training.lr_decay = "constant"  # after the warmup: constant, or cosine (to 0 at num_train_steps)
   c.training.grad_clip_norm = 1.0  # global-norm clipping; 0 disables it
   c.training.adam_b1 = 0.9
   c.training.adam_b2 = 0.999

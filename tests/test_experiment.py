@@ -7,6 +7,7 @@ import pytest
 
 import helpers
 import reference as ref
+from diffusion_jax.run import config as config_lib
 from diffusion_jax.run import experiment
 
 
@@ -58,6 +59,17 @@ def test_the_learning_rate_warms_up_linearly_then_stays(data_dir):
   lr = experiment.learning_rate_fn(c)
   np.testing.assert_allclose([lr(s) for s in (0, 25, 50, 100, 101, 10_000)],
                              [0.0, 5e-5, 1e-4, 2e-4, 2e-4, 2e-4], rtol=1e-6)
+
+
+def test_the_cosine_decay_follows_the_warmup_down_to_zero_at_the_last_step(data_dir):
+  c = helpers.tiny_config(data_dir, learning_rate=2e-4, warmup_steps=100, num_train_steps=500, lr_decay="cosine")
+  lr = experiment.learning_rate_fn(c)
+  steps = np.array([0, 50, 100, 200, 300, 450, 500])
+  cosine = 2e-4 * (1 + np.cos(np.pi * (steps - 100) / 400)) / 2
+  np.testing.assert_allclose([lr(s) for s in steps], np.where(steps < 100, 2e-4 * steps / 100, cosine), atol=1e-10)
+  c.training.warmup_steps = 500
+  with pytest.raises(ValueError, match=r"training.lr_decay = 'cosine' decays after training.warmup_steps = 500"):
+    config_lib.validate_config(c)
 
 
 def test_the_abstract_state_is_the_shape_of_the_initial_state(exp):

@@ -27,6 +27,7 @@ COMPUTE_DTYPES = ("float32", "bfloat16")
 ON_NONFINITE = ("error", "skip")
 QUALITY_METRICS = ("auto", "inception", "classifier", "energy")
 TIMESTEP_SAMPLERS = ("uniform", "importance")
+LR_DECAYS = ("constant", "cosine")
 
 
 # Keys added after workdirs were first written, with the values that reproduce a run from before them:
@@ -53,6 +54,7 @@ ADDED_KEYS = {
     "training.p2_gamma": 1.0,
     "training.timestep_sampler": "uniform",
     "eval.quality_bootstrap": 0,
+    "training.lr_decay": "constant",
 }
 
 
@@ -121,6 +123,11 @@ def validate_config(config: ml_collections.ConfigDict) -> np.ndarray:
               "training.sample_every_steps", "eval.quality_every_steps"]:
     _require(config, key, lambda v: v % k == 0, f"a multiple of training.steps_per_call = {k}")
   _require(config, "training.learning_rate", lambda v: _is_number(v) and v > 0, "a positive number")
+  _require(config, "training.lr_decay", lambda v: v in LR_DECAYS, ", ".join(LR_DECAYS))
+  if config.training.warmup_steps >= config.training.num_train_steps and config.training.lr_decay != "constant":
+    raise ValueError(f"training.lr_decay = {config.training.lr_decay!r} decays after training.warmup_steps = "
+                     f"{config.training.warmup_steps}, which leaves nothing of training.num_train_steps = "
+                     f"{config.training.num_train_steps}; warm up for fewer steps.")
   _require(config, "training.grad_clip_norm", lambda v: _is_number(v) and v >= 0,
            "a non-negative number (0 disables clipping)")
   for key in ["training.ema_decay", "training.adam_b1", "training.adam_b2"]:

@@ -62,11 +62,16 @@ def build_model(config: ml_collections.ConfigDict, info: data.DatasetInfo) -> nn
 
 
 def learning_rate_fn(config: ml_collections.ConfigDict) -> optax.Schedule:
-  """Linear warmup from 0 to `training.learning_rate` over `warmup_steps`, then constant."""
-  lr, warmup = config.training.learning_rate, config.training.warmup_steps
+  """Linear warmup from 0 to `training.learning_rate` over `warmup_steps`, then constant (`training.lr_decay =
+  'constant'`) or lr (1 + cos(pi (s - warmup) / (num_train_steps - warmup))) / 2 down to 0 at the last step
+  (`'cosine'`, Loshchilov & Hutter 2017)."""
+  tc = config.training
+  lr, warmup = tc.learning_rate, tc.warmup_steps
+  after = (optax.constant_schedule(lr) if tc.lr_decay == "constant"
+           else optax.cosine_decay_schedule(lr, max(tc.num_train_steps - warmup, 1)))
   if warmup == 0:
-    return optax.constant_schedule(lr)
-  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), optax.constant_schedule(lr)], [warmup])
+    return after
+  return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), after], [warmup])
 
 
 def build_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
