@@ -58,7 +58,7 @@ def headline(figures: dict[str, float]) -> list[str]:
 
 
 def with_spread(figures: dict[str, float], name: str) -> str:
-  """`1.071 +- 0.1523`: a figure and its spread where `figures` has one."""
+  """`1.071 +- 0.15`: a figure (4 digits) and its spread (2) where `figures` has one."""
   spread = figures.get(f"{name}_std")
   return f"{figures[name]:.4g}" + ("" if spread is None else f" +- {spread:.2g}")
 
