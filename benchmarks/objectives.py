@@ -51,8 +51,7 @@ def run_config(overrides: dict[str, Any], args: argparse.Namespace) -> Any:
   for key, value in {**overrides, "training.num_train_steps": args.steps, "eval.quality_every_steps": args.every,
                      "eval.quality_samples": args.quality_samples, "data.data_dir": args.data_dir,
                      "training.sample_every_steps": args.steps}.items():
-    section, _, name = key.rpartition(".")
-    config_lib.get(c, section)[name] = value
+    config_lib.set_key(c, key, value)
   return c
 
 
@@ -104,17 +103,16 @@ def main() -> None:
   reference = series[names[0]]
   steps = list(reference)
   final = reference[steps[-1]]
+  own = {k: steps_to_reach(steps, [reference[s][k] for s in steps], final[k], better) for k, better in FIGURES.items()}
   rows = []
   for name in names:
     last = series[name][steps[-1]]
     row = {"run": name, "train_and_score_s": round(seconds[name])}
     for k, better in FIGURES.items():
       row[k] = f"{last[k]:.4g} +- {last[f'{k}_std']:.2g}"
-      values = [series[name][s][k] for s in steps]
-      reach = steps_to_reach(steps, values, final[k], better)
-      own = steps_to_reach(steps, [reference[s][k] for s in steps], final[k], better)
+      reach = steps_to_reach(steps, [series[name][s][k] for s in steps], final[k], better)
       row[f"steps_to_{names[0]}_{k}"] = "-" if reach is None else round(reach)
-      row[f"speedup_{k}"] = "-" if reach is None else round(own / reach, 2)
+      row[f"speedup_{k}"] = "-" if reach is None else round(own[k] / reach, 2)
     rows.append(row)
   rows.append({"run": "real test digits", **{k: f"{final[f'{k}_baseline']:.4g} +- {final[f'{k}_baseline_std']:.2g}"
                                              for k in FIGURES}})

@@ -63,8 +63,7 @@ def fill_added_keys(config: ml_collections.ConfigDict) -> ml_collections.ConfigD
   have = set(flat_keys(config))
   for key, value in ADDED_KEYS.items():
     if key not in have:
-      section, _, name = key.rpartition(".")
-      (get(config, section) if section else config)[name] = value
+      set_key(config, key, value)
   return config
 
 
@@ -74,6 +73,12 @@ def get(config: ml_collections.ConfigDict, key: str) -> Any:
   for part in key.split("."):
     node = node[part]
   return node
+
+
+def set_key(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
+  """Sets `config` at a dotted `key` to `value`."""
+  section, _, name = key.rpartition(".")
+  (get(config, section) if section else config)[name] = value
 
 
 def _require(config: ml_collections.ConfigDict, key: str, ok: Callable[[Any], bool], allowed: str) -> Any:

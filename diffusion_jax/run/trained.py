@@ -98,8 +98,7 @@ def load(workdir: str, **overrides: Any) -> Run:
   for key, value in overrides.items():
     if key not in config_lib.flat_keys(config):
       raise ValueError(config_lib.unknown_key_message(config, key))
-    section, _, name = key.rpartition(".")
-    (config_lib.get(config, section) if section else config)[name] = value
+    config_lib.set_key(config, key, value)
   info_path = os.path.join(workdir, "dataset_info.json")
   info = None
   if os.path.exists(info_path):
