@@ -1,6 +1,6 @@
 """Train, sample from, or evaluate a DDPM.
 
-    python main.py --config configs/digits.py --workdir workdirs/digits [--mode train|sample|eval|export]
+    python main.py --config configs/digits.py --workdir workdirs/digits [--mode train|sample|eval|edit|export]
         [--config.training.num_train_steps=1000 ...]
 
 The published DDPM checkpoints (diffusers format, downloaded by you) sample and evaluate with
@@ -27,7 +27,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from diffusion_jax.run import config as config_lib
-from diffusion_jax.run import modes, parallel, train
+from diffusion_jax.run import edit, modes, parallel, train
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -35,8 +35,9 @@ config_flags.DEFINE_config_file(
     "--config.training.num_train_steps=1000; every key, its default and its meaning: configs/default.py.",
     lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and samples.")
-flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "export"],
-                  "What to do; export writes the latest checkpoint as a diffusers-format directory.")
+flags.DEFINE_enum("mode", "train", ["train", "sample", "eval", "edit", "export"],
+                  "What to do; edit inpaints, SDEdits or inverts images (config.edit); export writes the latest "
+                  "checkpoint as a diffusers-format directory.")
 flags.DEFINE_string("export_dir", None, "--mode export: where to write (default: <workdir>/diffusers).")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
@@ -96,7 +97,7 @@ def main(argv: list[str]) -> None:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.INFO)
   logging.get_absl_handler().addFilter(_keep)
-  run = {"train": train.train_and_evaluate, "sample": modes.sample, "eval": modes.evaluate,
+  run = {"train": train.train_and_evaluate, "sample": modes.sample, "eval": modes.evaluate, "edit": edit.edit,
          "export": lambda config, workdir: modes.export(config, workdir, FLAGS.export_dir)}[FLAGS.mode]
   try:
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)

@@ -4,8 +4,8 @@
     python benchmarks/solvers.py --workdir workdirs/digits [--num_samples 1000]
 
 For every sampler (ancestral on the respaced process, DDIM with eta = 0, DPM-Solver++ of orders 2 and 3, UniPC
-of orders 2 and 3), every spacing and every number of calls, draws `--num_samples` samples of the run's EMA
-parameters from one key and scores them with the run's quality metric (`eval.quality_metric`: the dataset FID
+of orders 2 and 3, Heun and Euler of Karras et al. without churn), every spacing and every number of calls, draws
+`--num_samples` samples of the run's EMA parameters from one key and scores them with the run's quality metric (`eval.quality_metric`: the dataset FID
 of the classifier features for the digits), beside 1000-step ancestral sampling (Algorithm 2), the limit the
 deterministic samplers converge to (DDIM with eta = 0 on all T steps: the probability-flow ODE) and the real test
 split. Prints a table, writes it as JSON and draws `<out>.png`: one panel per spacing, the figure against the
@@ -26,7 +26,8 @@ import common  # noqa: E402
 from diffusion_jax.run import images, parallel, quality, sampler, trained  # noqa: E402
 
 SAMPLERS = {"ancestral": ("ancestral", 2), "ddim": ("ddim", 2), "dpm_solver++ 2": ("dpm_solver++", 2),
-            "dpm_solver++ 3": ("dpm_solver++", 3), "unipc 2": ("unipc", 2), "unipc 3": ("unipc", 3)}
+            "dpm_solver++ 3": ("dpm_solver++", 3), "unipc 2": ("unipc", 2), "unipc 3": ("unipc", 3),
+            "heun": ("heun", 2), "euler": ("euler", 2)}
 
 
 def draw(workdir: str, num_samples: int, batch_size: int, **overrides) -> tuple[trained.Run, object, float]:
@@ -46,7 +47,7 @@ def main() -> None:
   parser.add_argument("--num_samples", type=int, default=1000)
   parser.add_argument("--batch_size", type=int, default=500)
   parser.add_argument("--steps", default="10,20,50")
-  parser.add_argument("--spacings", default="trailing,logsnr,linspace")
+  parser.add_argument("--spacings", default="trailing,logsnr,linspace,karras")
   parser.add_argument("--samplers", default=",".join(SAMPLERS))
   parser.add_argument("--out", default="benchmarks/results/solvers_digits.json")
   args = common.parse_args(parser)

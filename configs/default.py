@@ -107,12 +107,20 @@ def get_config() -> ml_collections.ConfigDict:
 
   c.sampling = ml_collections.ConfigDict()
   # ancestral (Ho et al.'s Algorithm 2), ddim, or the training-free multistep solvers dpm_solver++ and unipc
-  c.sampling.sampler = "ancestral"
-  c.sampling.num_steps = config_dict.placeholder(int)  # network calls; None: every diffusion step
-  # which num_steps of the T steps: linspace, leading, trailing, logsnr (uniform in log-SNR) or quadratic
-  c.sampling.spacing = "linspace"
+  c.sampling.sampler = "ancestral"  # also heun and euler (Karras et al. 2022) on the probability-flow ODE
+  # network calls; None: every diffusion step. heun takes num_steps // 2 + 1 steps (Heun's but the last one or two)
+  c.sampling.num_steps = config_dict.placeholder(int)
+  # which steps of the T: linspace, leading, trailing, logsnr (uniform in log-SNR), quadratic or karras (EDM's rho = 7
+  # in sigma); None: the sampler's best measured (trailing; karras for heun and euler; README "Choosing a sampler")
+  c.sampling.spacing = config_dict.placeholder(str)
   c.sampling.order = 2  # dpm_solver++ and unipc only: 1, 2 or 3
   c.sampling.eta = 0.0  # ddim only: 0 deterministic, 1 ancestral-like
+  # heun and euler: EDM's stochastic churn S_churn (0: deterministic) where S_tmin <= sigma <= S_tmax (None: no upper
+  # bound), its noise scaled by S_noise
+  c.sampling.churn = 0.0
+  c.sampling.churn_sigma_min = 0.0
+  c.sampling.churn_sigma_max = config_dict.placeholder(float)
+  c.sampling.churn_noise = 1.0
   c.sampling.clip_denoised = True  # clip the predicted x_0 to [-1, 1] (images only)
   c.sampling.use_ema = True  # --mode sample/eval and trained.load use the EMA parameters
   c.sampling.num_samples = 64  # --mode sample
@@ -121,9 +129,26 @@ def get_config() -> ml_collections.ConfigDict:
   c.sampling.seed = 0  # --mode sample
   # class_conditional: classifier-free guidance w (0: the unconditional model, 1: the conditional one, > 1: guided)
   c.sampling.guidance_scale = 1.0
+  # class_conditional: guidance rescale phi in [0, 1] (Lin et al. 2024; 0: plain guidance), and the guided steps
+  # (lo, hi), inclusive, None: all (Kynkaanniemi et al. 2024; karras.sigma_timestep turns their sigmas into steps)
+  c.sampling.guidance_rescale = 0.0
+  c.sampling.guidance_interval = config_dict.placeholder(tuple)
   # class_conditional, --mode sample and previews: the classes drawn in turn, "all" or labels such as "3,7"; the
   # grid gives each its own rows
   c.sampling.labels = "all"
+
+  # --mode edit (README "Editing"), with config.sampling's sampler, steps and guidance
+  c.edit = ml_collections.ConfigDict()
+  c.edit.task = "inpaint"  # inpaint, sdedit or invert (DDIM inversion, then DDIM decoding)
+  # a PNG, or an .npz whose `images` are uint8 (N, H, W, C) (and optional `labels`); None: the first
+  # sampling.num_samples images of eval.split
+  c.edit.input = config_dict.placeholder(str)
+  # inpaint: the region filled in: left_half, right_half, top_half, bottom_half, center, or a PNG/.npz mask (white,
+  # non-zero: filled in)
+  c.edit.mask = "center"
+  c.edit.start = config_dict.placeholder(int)  # sdedit: the step in [0, T) the inputs are noised to; None: T // 2
+  c.edit.jump_length = 10  # inpaint with the ancestral sampler: RePaint's jumps back (Lugmayr et al. 2022)
+  c.edit.resample = 10  # and its resamplings (1: the known region replaced at each step, no jumps)
 
   c.eval = ml_collections.ConfigDict()
   c.eval.split = "test"  # --mode eval: bits/dim on this split

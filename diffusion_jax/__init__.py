@@ -25,6 +25,9 @@ from diffusion_jax.diffusion import (
     score_from_eps,
     v_target,
 )
+from diffusion_jax.editing import ddim_invert, repaint_sample, repaint_timesteps, sdedit_start, sdedit_timesteps
+from diffusion_jax.guidance import LabelledModelFn, classifier_free_guidance, rescale_guidance
+from diffusion_jax.karras import KarrasTable, karras_sample, karras_table, sigma_timestep
 from diffusion_jax.losses import (
     VariationalBound,
     discretized_gaussian_log_likelihood,
@@ -34,13 +37,7 @@ from diffusion_jax.losses import (
     training_losses,
     variational_bound,
 )
-from diffusion_jax.sampling import (
-    LabelledModelFn,
-    Trajectory,
-    ancestral_sample,
-    classifier_free_guidance,
-    ddim_sample,
-)
+from diffusion_jax.sampling import Inpainting, Trajectory, ancestral_sample, ddim_sample
 from diffusion_jax.schedules import (
     DiffusionSchedule,
     get_beta_schedule,
@@ -52,12 +49,13 @@ from diffusion_jax.schedules import (
 from diffusion_jax.solvers import SolverTable, solver_sample, solver_table
 
 __all__ = [
-    "DiffusionSchedule", "LabelledModelFn", "ModelFn", "PMeanVariance", "SolverTable", "Trajectory",
-    "VariationalBound", "ancestral_sample", "classifier_free_guidance", "ddim_sample",
-    "discretized_gaussian_log_likelihood", "eps_from_score", "get_beta_schedule", "loss_weights", "make_schedule",
-    "mse_loss", "normal_kl", "p_mean_variance", "predict_eps_from_xstart", "predict_xstart", "predict_xstart_from_eps",
-    "predict_xstart_from_v", "q_mean_variance", "q_posterior_mean_variance", "q_sample", "q_step",
-    "rescale_zero_terminal_snr", "respace", "sampling_timesteps", "score_from_eps", "solver_sample", "solver_table",
-    "training_losses", "v_target", "variational_bound",
+    "DiffusionSchedule", "Inpainting", "KarrasTable", "LabelledModelFn", "ModelFn", "PMeanVariance", "SolverTable",
+    "Trajectory", "VariationalBound", "ancestral_sample", "classifier_free_guidance", "ddim_invert", "ddim_sample",
+    "discretized_gaussian_log_likelihood", "eps_from_score", "get_beta_schedule", "karras_sample", "karras_table",
+    "loss_weights", "make_schedule", "mse_loss", "normal_kl", "p_mean_variance", "predict_eps_from_xstart",
+    "predict_xstart", "predict_xstart_from_eps", "predict_xstart_from_v", "q_mean_variance",
+    "q_posterior_mean_variance", "q_sample", "q_step", "repaint_sample", "repaint_timesteps", "rescale_guidance",
+    "rescale_zero_terminal_snr", "respace", "sampling_timesteps", "score_from_eps", "sdedit_start", "sdedit_timesteps",
+    "sigma_timestep", "solver_sample", "solver_table", "training_losses", "v_target", "variational_bound",
 ]
 __version__ = "0.1.0"

@@ -33,8 +33,6 @@ from diffusion_jax.schedules import DiffusionSchedule, check_timesteps
 
 # (x_t, carried extra, step inputs, noise key) -> (x_prev, extra, pred_xstart)
 StepFn = Callable[[jax.Array, Any, Any, jax.Array], tuple[jax.Array, Any, jax.Array]]
-# (x_t, t, labels) -> network output: a class-conditional network.
-LabelledModelFn = Callable[[jax.Array, jax.Array, jax.Array], jax.Array]
 
 
 class Trajectory(NamedTuple):
@@ -45,53 +43,49 @@ class Trajectory(NamedTuple):
   pred_xstart: jax.Array  # (S, *shape) the x_0 predicted at step t
 
 
-def check_guidance_scale(guidance_scale: float) -> float:
-  """Raises `ValueError` unless the guidance scale w is a finite number >= 0."""
-  if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, (int, float)) or not (
-      0 <= guidance_scale < float("inf")):
-    raise ValueError(f"guidance_scale = {guidance_scale!r} is invalid; allowed: a number w >= 0 (0: the "
-                     "unconditional model, 1: the conditional one, > 1: guided).")
-  return float(guidance_scale)
+class Inpainting(NamedTuple):
+  """The known part of the samples: x_0 = `image` where `mask` = 1 (Lugmayr et al. 2022, "RePaint").
+
+  After each step the sampler's state x_s (= alpha_s x_0 + sigma_s eps in law) becomes
+  mask (alpha_s image + sigma_s z) + (1 - mask) x_s, z ~ N(0, I) fresh: the known region is noised to the
+  state's level, so at the clean end (alpha = 1, sigma = 0) it equals `image` exactly.
+  """
+
+  image: jax.Array  # (batch, ...) the known x_0, the samples' shape (its values where mask = 0 are not read)
+  mask: jax.Array  # the samples' shape, or it with a last axis of 1 (one mask for all channels); values in [0, 1]
 
 
-def classifier_free_guidance(model_fn: LabelledModelFn, labels: jax.Array, null_label: int, guidance_scale: float,
-                             *, learned_variance: bool = False) -> ModelFn:
-  """out = out(x, t, null) + w (out(x, t, y) - out(x, t, null)): classifier-free guidance (Ho & Salimans 2022).
+def check_inpainting(inpaint: Inpainting | None, shape: tuple[int, ...]) -> Inpainting | None:
+  """`inpaint` with a float mask; `ValueError` unless its image has the samples' `shape` and its mask that or
+  `shape[:-1] + (1,)`."""
+  if inpaint is None:
+    return None
+  if not isinstance(inpaint, Inpainting):
+    raise ValueError(f"inpaint must be an Inpainting(image, mask) or None, got {type(inpaint).__name__}.")
+  if tuple(inpaint.image.shape) != shape:
+    raise ValueError(f"inpaint.image must have the samples' shape {shape}, got {tuple(inpaint.image.shape)}.")
+  if tuple(inpaint.mask.shape) not in (shape, (*shape[:-1], 1)):
+    raise ValueError(f"inpaint.mask must have shape {shape} or {(*shape[:-1], 1)} (1 known, 0 generated), got "
+                     f"{tuple(inpaint.mask.shape)}.")
+  return Inpainting(inpaint.image, jnp.asarray(inpaint.mask, inpaint.image.dtype))
 
-  Both predictions come from one network call on the doubled batch [x; x] with labels
-  [y; null]. w = 1 is the conditional network (one call with y), w = 0 the
-  unconditional one (one call with the null label). The combination weights sum to 1,
-  so guiding the network's output (eps, x_0 or v) is guiding eps. With learned
-  variances only the mean channels are guided; the variance channels are the
-  conditional prediction's.
+
+def replace_known(x: jax.Array, inpaint: Inpainting, alpha: jax.Array, sigma: jax.Array, key: jax.Array,
+                  sharding: jax.sharding.Sharding | None = None) -> jax.Array:
+  """mask (alpha image + sigma z) + (1 - mask) x, z ~ N(0, I): the known region at the level (alpha, sigma).
 
   Args:
-    model_fn: `model_fn(x_t, t, labels) -> output`.
-    labels: int labels y of shape `(batch,)`.
-    null_label: the label of the unconditional model (the UNet's `num_classes`).
-    guidance_scale: w >= 0 (a Python number: it selects the program).
-    learned_variance: the output's last axis is [mean channels, variance channels].
+    x: the state, shape `(batch, ...)`.
+    inpaint: the known region.
+    alpha, sigma: scalars, the state's signal and noise scales.
+    key: PRNG key of z.
+    sharding: optional sharding of z.
 
   Returns:
-    The guided `model_fn(x_t, t) -> output`.
+    The state with its known region replaced.
   """
-  w = check_guidance_scale(guidance_scale)
-  if labels.ndim != 1:
-    raise ValueError(f"labels must have shape (batch,), got {labels.shape}.")
-  if w == 1.0:
-    return lambda x, t: model_fn(x, t, labels)
-  null = jnp.full_like(labels, null_label)
-  if w == 0.0:
-    return lambda x, t: model_fn(x, t, null)
-
-  def guided(x: jax.Array, t: jax.Array) -> jax.Array:
-    out = model_fn(jnp.concatenate([x, x]), jnp.concatenate([t, t]), jnp.concatenate([labels, null]))
-    cond, uncond = jnp.split(out, 2)
-    if not learned_variance:
-      return uncond + w * (cond - uncond)
-    (mean_c, var_c), (mean_u, _) = jnp.split(cond, 2, axis=-1), jnp.split(uncond, 2, axis=-1)
-    return jnp.concatenate([mean_u + w * (mean_c - mean_u), var_c], axis=-1)
-  return guided
+  z = _constrain(jax.random.normal(key, x.shape, x.dtype), sharding)
+  return inpaint.mask * (alpha * inpaint.image + sigma * z) + (1.0 - inpaint.mask) * x
 
 
 def check_sample_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -128,45 +122,87 @@ def run_chain(
     progress: ProgressFn | None,
     x_T: jax.Array | None = None,
     extra: Any = None,
+    inpaint: Inpainting | None = None,
+    levels: tuple[jax.Array, jax.Array] | None = None,
+    key_ids: jax.Array | None = None,
 ) -> jax.Array | tuple[jax.Array, Trajectory]:
   """x_T, then `step_fn(x, extra, inputs, key) -> (x_prev, extra, pred_xstart)` over the steps.
 
   Args:
     step_fn: one step; `extra` is what a multistep solver carries besides x (None for one-step samplers).
-    timesteps: `(n,)` int schedule index of each step, first step first (the noise key and the trajectory's).
+    timesteps: `(n,)` int schedule index of each step, first step first (the trajectory's).
     step_inputs: pytree of arrays with leading axis n, one slice per step.
     shape, key, return_every, sharding, progress, x_T: as in `ancestral_sample`.
     extra: the initial `extra`.
+    inpaint: replace the known region after each step (`replace_known`) at `levels`.
+    levels: `(alpha, sigma)`, each `(n,)`: the signal and noise scales of each step's result x_prev.
+    key_ids: `(n,)` ints folded into `key` for each step's noise; `timesteps` when None.
   """
   num = timesteps.shape[0]
   x_T, noise_key = _initial_state(shape, key, x_T, sharding)
   if return_every is not None and (not is_int(return_every) or return_every < 1):
     raise ValueError(f"return_every must be a positive integer or None, got {return_every!r}.")
+  inpaint = check_inpainting(inpaint, shape)
+  if inpaint is not None and levels is None:
+    raise ValueError("inpaint needs the levels (alpha, sigma) of every step's result.")
 
-  def body(carry, n_t_inputs):
-    (x, extra), (n, t, inputs) = carry, n_t_inputs
-    x_prev, extra, pred = step_fn(x, extra, inputs, jax.random.fold_in(noise_key, t))
+  def body(carry, xs):
+    (x, extra), (n, key_id, inputs, level) = carry, xs
+    step_key = jax.random.fold_in(noise_key, key_id)
+    x_prev, extra, pred = step_fn(x, extra, inputs, step_key)
+    if inpaint is not None:
+      x_prev = replace_known(x_prev, inpaint, *level, jax.random.fold_in(step_key, 1), sharding)
     report_progress(progress, n + 1, num)
     return (_constrain(x_prev, sharding), extra), pred
 
-  counted = (jnp.arange(num), timesteps, step_inputs)
+  counted = (jnp.arange(num), timesteps if key_ids is None else key_ids, step_inputs, levels)
   if return_every is None:
     (x_0, _), _ = jax.lax.scan(lambda c, xs: (body(c, xs)[0], None), (x_T, extra), counted)
     return x_0
   slots = -(-num // return_every)
 
-  def saving_body(carry, n_t_inputs):
-    state, xs, preds = carry
-    n = n_t_inputs[0]
-    new_state, pred = body(state, n_t_inputs)
+  def saving_body(carry, xs):
+    state, saved, preds = carry
+    n = xs[0]
+    new_state, pred = body(state, xs)
     slot, save = n // return_every, n % return_every == 0
-    xs = xs.at[slot].set(jnp.where(save, state[0], xs[slot]))
+    saved = saved.at[slot].set(jnp.where(save, state[0], saved[slot]))
     preds = preds.at[slot].set(jnp.where(save, pred, preds[slot]))
-    return (new_state, xs, preds), None
+    return (new_state, saved, preds), None
 
   buffers = jnp.zeros((slots, *shape), x_T.dtype)
-  ((x_0, _), xs, preds), _ = jax.lax.scan(saving_body, ((x_T, extra), buffers, buffers), counted)
-  return x_0, Trajectory(timesteps[::return_every], xs, preds)
+  ((x_0, _), saved, preds), _ = jax.lax.scan(saving_body, ((x_T, extra), buffers, buffers), counted)
+  return x_0, Trajectory(timesteps[::return_every], saved, preds)
+
+
+def ancestral_step(schedule: DiffusionSchedule, *, model_fn: ModelFn, x: jax.Array, t: jax.Array, key: jax.Array,
+                   model_mean_type: str = "eps", model_var_type: str = "fixed_large", clip_denoised: bool = True,
+                   sharding: jax.sharding.Sharding | None = None) -> tuple[jax.Array, jax.Array]:
+  """x_{t-1} = mu_theta(x_t, t) + sigma_t z (no noise at t = 0): one step of Algorithm 2.
+
+  Args:
+    schedule: the process (possibly respaced); the network is called with `schedule.timesteps[t]`.
+    model_fn, model_mean_type, model_var_type, clip_denoised, sharding: as in `ancestral_sample`.
+    x: x_t, shape `(batch, ...)`.
+    t: int scalar, the step in `[0, T)`.
+    key: PRNG key of z.
+
+  Returns:
+    (x_{t-1}, the predicted x_0).
+  """
+  tb = jnp.full((x.shape[0],), t, dtype=jnp.int32)
+  out = diffusion.p_mean_variance(
+      schedule, model_output=model_fn(x, schedule.timesteps[tb]).astype(x.dtype), x_t=x, t=tb,
+      model_mean_type=model_mean_type, model_var_type=model_var_type, clip_denoised=clip_denoised)
+  noise = _constrain(jax.random.normal(key, x.shape, x.dtype), sharding)
+  sigma = jnp.where(t > 0, jnp.exp(0.5 * out.log_variance), 0.0)
+  return out.mean + sigma * noise, out.pred_xstart
+
+
+def levels_after(alphas_cumprod: jax.Array, successors: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(sqrt(alpha_bar_s), sqrt(1 - alpha_bar_s)) of each step's successor s; (1, 0) for s = -1, the clean data."""
+  abar = jnp.where(successors >= 0, alphas_cumprod[jnp.maximum(successors, 0)], 1.0)
+  return jnp.sqrt(abar), jnp.sqrt(1.0 - abar)
 
 
 def ancestral_sample(
@@ -182,6 +218,7 @@ def ancestral_sample(
     sharding: jax.sharding.Sharding | None = None,
     progress: ProgressFn | None = None,
     x_T: jax.Array | None = None,
+    inpaint: Inpainting | None = None,
 ) -> jax.Array | tuple[jax.Array, Trajectory]:
   """Algorithm 2: x_T ~ N(0, I); x_{t-1} = mu_theta(x_t, t) + sigma_t z, with no noise at t = 0.
 
@@ -203,6 +240,8 @@ def ancestral_sample(
       (`jax.debug.callback`) with the number of steps done, about 50 times.
     x_T: start from this x_T (shape `shape`) instead of drawing it from `key`;
       `key` still gives every later step's noise.
+    inpaint: the known region, replaced by q_sample of its image after every step (RePaint without
+      resampling; `editing.repaint_sample` resamples).
 
   Returns:
     x_0 of shape `shape`, and with `return_every` a `Trajectory` as well.
@@ -211,16 +250,13 @@ def ancestral_sample(
   shape = check_sample_shape(shape)
 
   def step(x: jax.Array, extra: None, t: jax.Array, key: jax.Array) -> tuple[jax.Array, None, jax.Array]:
-    tb = jnp.full((shape[0],), t, dtype=jnp.int32)
-    out = diffusion.p_mean_variance(
-        schedule, model_output=model_fn(x, schedule.timesteps[tb]).astype(x.dtype), x_t=x, t=tb,
-        model_mean_type=model_mean_type, model_var_type=model_var_type, clip_denoised=clip_denoised)
-    noise = _constrain(jax.random.normal(key, shape, x.dtype), sharding)
-    sigma = jnp.where(t > 0, jnp.exp(0.5 * out.log_variance), 0.0)
-    return out.mean + sigma * noise, None, out.pred_xstart
+    x_prev, pred = ancestral_step(schedule, model_fn=model_fn, x=x, t=t, key=key, model_mean_type=model_mean_type,
+                                  model_var_type=model_var_type, clip_denoised=clip_denoised, sharding=sharding)
+    return x_prev, None, pred
 
   steps = jnp.arange(schedule.num_diffusion_steps - 1, -1, -1, dtype=jnp.int32)
-  return run_chain(step, steps, steps, shape, key, return_every, sharding, progress, x_T)
+  return run_chain(step, steps, steps, shape, key, return_every, sharding, progress, x_T, inpaint=inpaint,
+                   levels=levels_after(schedule.alphas_cumprod, steps - 1))
 
 
 def mean_output(out: jax.Array, x: jax.Array) -> jax.Array:
@@ -245,6 +281,7 @@ def ddim_sample(
     sharding: jax.sharding.Sharding | None = None,
     progress: ProgressFn | None = None,
     x_T: jax.Array | None = None,
+    inpaint: Inpainting | None = None,
 ) -> jax.Array | tuple[jax.Array, Trajectory]:
   """DDIM (Song et al. 2021): x_s = sqrt(abar_s) x0 + sqrt(1 - abar_s - sigma^2) eps + sigma z, s < t.
 
@@ -269,6 +306,7 @@ def ddim_sample(
     sharding: optional sharding of the samples.
     progress: as in `ancestral_sample`.
     x_T: as in `ancestral_sample`; with eta = 0 the result is then a function of x_T alone.
+    inpaint: the known region, replaced by q_sample of its image at each visited step.
 
   Returns:
     x_0 of shape `shape`, and with `return_every` a `Trajectory` as well.
@@ -297,7 +335,8 @@ def ddim_sample(
               + jnp.sqrt(jnp.maximum(1.0 - abar_s - sigma**2, 0.0)) * eps + sigma * noise)
     return x_prev, None, pred_xstart
 
-  ts = jnp.asarray(visited)
-  return run_chain(step, ts, (ts, jnp.asarray(nxt)), shape, key, return_every, sharding, progress, x_T)
+  ts, successors = jnp.asarray(visited), jnp.asarray(nxt)
+  return run_chain(step, ts, (ts, successors), shape, key, return_every, sharding, progress, x_T, inpaint=inpaint,
+                   levels=levels_after(schedule.alphas_cumprod, successors))
 
 

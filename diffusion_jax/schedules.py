@@ -283,7 +283,7 @@ def check_timesteps(timesteps: Any, T: int) -> np.ndarray:
   return ts.astype(np.int32)
 
 
-SPACINGS = ("linspace", "leading", "trailing", "logsnr", "quadratic")
+SPACINGS = ("linspace", "leading", "trailing", "logsnr", "quadratic", "karras")
 
 
 def _strictly_increasing(timesteps: np.ndarray, T: int) -> np.ndarray:
@@ -306,8 +306,10 @@ def sampling_timesteps(betas: np.ndarray, *, num_steps: int, spacing: str = "lin
   `trailing`: round(T - i T / n) - 1 for i < n, keeps T - 1 (Lin et al. 2024);
   `logsnr`: uniform in lambda = log(alpha_bar / (1 - alpha_bar)) / 2 from lambda(T - 1) to lambda(0), t
   read off the discrete log alpha(t) by linear interpolation, as DPM-Solver's reference code does;
-  `quadratic`: round((T - 1) (i / (n - 1))^2), dense near t = 0 (DDIM's "quad").
-  Rounding collisions (logsnr and quadratic with many steps) move to the nearest free steps.
+  `quadratic`: round((T - 1) (i / (n - 1))^2), dense near t = 0 (DDIM's "quad");
+  `karras`: sigma = sqrt((1 - alpha_bar) / alpha_bar) at (sigma_max^(1/7) + i/(n - 1) (sigma_min^(1/7) -
+  sigma_max^(1/7)))^7 from sigma(T - 1) to sigma(0) (Karras et al. 2022, rho = 7), t the nearest in log sigma.
+  Rounding collisions (logsnr, quadratic and karras with many steps) move to the nearest free steps.
   A sampler ends at the clean data after the last (smallest) timestep; every step's successor is the
   next entry, never a stride.
 
@@ -337,9 +339,14 @@ def sampling_timesteps(betas: np.ndarray, *, num_steps: int, spacing: str = "lin
     ascending = (np.round(T - i * T / n) - 1)[::-1]
   elif spacing == "quadratic":
     ascending = _strictly_increasing(np.round((T - 1) * (i / (n - 1)) ** 2), T)
+  elif betas[-1] == 1.0:
+    raise ValueError(f"spacing = {spacing!r} is undefined for zero terminal SNR (lambda(T - 1) = -inf); use "
+                     "'trailing'.")
+  elif spacing == "karras":
+    log_sigma = 0.5 * np.log(np.expm1(-np.cumsum(np.log1p(-betas))))  # increasing in t
+    root = np.linspace(np.exp(log_sigma[0] / 7), np.exp(log_sigma[-1] / 7), n)
+    ascending = _strictly_increasing(np.abs(7 * np.log(root)[:, None] - log_sigma).argmin(1), T)
   else:  # logsnr
-    if betas[-1] == 1.0:
-      raise ValueError("spacing = 'logsnr' is undefined for zero terminal SNR (lambda(T - 1) = -inf); use 'trailing'.")
     log_alpha = 0.5 * np.log(np.cumprod(1.0 - betas))  # decreasing in t
     lam = log_alpha - 0.5 * np.log(-np.expm1(2 * log_alpha))
     target = -0.5 * np.logaddexp(0.0, -2.0 * np.linspace(lam[-1], lam[0], n))

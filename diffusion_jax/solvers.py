@@ -16,7 +16,15 @@ import numpy as np
 from diffusion_jax import diffusion, schedules
 from diffusion_jax.checks import ProgressFn, is_int
 from diffusion_jax.diffusion import ModelFn
-from diffusion_jax.sampling import Trajectory, check_sample_shape, mean_output, run_chain
+from diffusion_jax.sampling import (
+    Inpainting,
+    Trajectory,
+    check_inpainting,
+    check_sample_shape,
+    mean_output,
+    replace_known,
+    run_chain,
+)
 from diffusion_jax.schedules import check_timesteps
 
 SOLVERS = ("dpm_solver++", "unipc")
@@ -195,7 +203,7 @@ def solver_table(betas: np.ndarray, *, timesteps: Sequence[int] | np.ndarray, so
                      new=cast(w["new"]), scale=cast(w["scale"]), history_p=cast(history_p[:, :order]))
 
 
-def _data_prediction(out: jax.Array, x: jax.Array, alpha: jax.Array, sigma: jax.Array, model_mean_type: str,
+def data_prediction(out: jax.Array, x: jax.Array, alpha: jax.Array, sigma: jax.Array, model_mean_type: str,
                      clip: bool) -> jax.Array:
   """x_0 from the network's eps (x - sigma eps) / alpha, v (alpha x - sigma v) or x_0 itself; clipped if asked."""
   if model_mean_type == "eps":
@@ -219,6 +227,7 @@ def solver_sample(
     sharding: jax.sharding.Sharding | None = None,
     progress: ProgressFn | None = None,
     x_T: jax.Array | None = None,
+    inpaint: Inpainting | None = None,
 ) -> jax.Array | tuple[jax.Array, Trajectory]:
   """Multistep DPM-Solver++ or UniPC: x_{i+1} = scale_i x_i + sum_k w_ik m_{i-k}, m the data predictions.
 
@@ -238,6 +247,7 @@ def solver_sample(
     clip_denoised: clip every data prediction to [-1, 1].
     return_every, sharding, progress, x_T: as in `ancestral_sample`; the trajectory's `x_t` is each step's state before
       its correction.
+    inpaint: the known region, replaced by q_sample of its image at each node (after UniPC's correction too).
 
   Returns:
     x_0 of shape `shape`, and with `return_every` a `Trajectory` as well.
@@ -245,18 +255,23 @@ def solver_sample(
   diffusion.check_model_types(model_mean_type, "fixed_small")
   shape = check_sample_shape(shape)
   K = table.history
+  inpaint = check_inpainting(inpaint, shape)
 
   def step(x: jax.Array, extra: tuple[jax.Array, jax.Array], row: SolverTable, key: jax.Array
            ) -> tuple[jax.Array, tuple[jax.Array, jax.Array], jax.Array]:
     x_last, history = extra
     tb = jnp.full((shape[0],), row.timesteps, dtype=jnp.int32)
-    m = _data_prediction(mean_output(model_fn(x, tb), x), x, row.alpha, row.sigma, model_mean_type,
+    m = data_prediction(mean_output(model_fn(x, tb), x), x, row.alpha, row.sigma, model_mean_type,
                          clip_denoised)
     x = row.keep * x + row.last * x_last + row.new * m + sum(row.history_c[k] * history[k] for k in range(K))
+    if inpaint is not None:
+      x = replace_known(x, inpaint, row.alpha, row.sigma, jax.random.fold_in(key, 2), sharding)
     history = jnp.concatenate([m[None], history[:-1]])
     x_next = row.scale * x + sum(row.history_p[k] * history[k] for k in range(K))
     return x_next, (x, history), m
 
   zeros = jnp.zeros(shape, table.alpha.dtype)
   extra = (zeros, jnp.zeros((K, *shape), table.alpha.dtype))
-  return run_chain(step, table.timesteps, table, shape, key, return_every, sharding, progress, x_T, extra)
+  levels = (jnp.append(table.alpha[1:], 1.0), jnp.append(table.sigma[1:], 0.0))  # each step's result's
+  return run_chain(step, table.timesteps, table, shape, key, return_every, sharding, progress, x_T, extra,
+                   inpaint=inpaint, levels=levels)

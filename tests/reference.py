@@ -95,15 +95,16 @@ def log_softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
   return x - special.logsumexp(x, axis=axis, keepdims=True)
 
 
-def gaussian_sampler_moments(abar_kept: np.ndarray, m: float, s: float, *, variance: str, eta: float | None = None):
+def gaussian_sampler_moments(abar_kept: np.ndarray, m: float, s: float, *, variance: str, eta: float | None = None,
+                             start: tuple[float, float] = (0.0, 1.0)):
   """Exact mean and std of a sampler's output for data N(m, s^2) and the optimal eps predictor.
 
   With eps*(x_t) = sqrt(1 - abar)(x_t - sqrt(abar) m) / (abar s^2 + 1 - abar), every
   step is x_s = a x_t + b + sigma z, so the output is Gaussian; its moments follow
-  by recursion from x_T ~ N(0, 1). `abar_kept` are the visited alpha_bars in
+  by recursion from x_T ~ N(0, 1) (or N(start[0], start[1])). `abar_kept` are the visited alpha_bars in
   increasing t. Ancestral (variance 'small' or 'large') when `eta` is None, else DDIM.
   """
-  mu, var = 0.0, 1.0
+  mu, var = start
   for i in range(len(abar_kept) - 1, -1, -1):
     ab, ab_prev = abar_kept[i], (abar_kept[i - 1] if i > 0 else 1.0)
     k = math.sqrt(1 - ab) / (ab * s * s + 1 - ab)

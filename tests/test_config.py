@@ -66,7 +66,8 @@ def test_the_keys_of_your_own_images(keys, match):
 @pytest.mark.parametrize("keys, match", [
     ({"diffusion.model_mean_type": "eps"},
      r"diffusion.rescale_zero_terminal_snr = True leaves no signal at t = T.* set diffusion.model_mean_type = 'v'"),
-    ({"sampling.sampler": "dpm_solver++"}, r"sampling.sampler = 'dpm_solver\+\+' steps in log-SNR, which is -inf"),
+    ({"sampling.sampler": "dpm_solver++"}, r"sampling.sampler = 'dpm_solver\+\+' steps in log-SNR or sigma, which"),
+    ({"sampling.sampler": "heun"}, r"sampling.sampler = 'heun' steps in log-SNR or sigma, which are infinite"),
     ({"sampling.num_steps": 10, "sampling.spacing": "leading"},
      r"sampling.spacing = 'leading' does not start at t = T .* use 'trailing'"),
 ])
@@ -112,7 +113,7 @@ def test_validate_config_names_the_key_the_value_and_what_is_allowed(key, value,
     ("training.batch_size", 'Did you mean "global_batch_size" (training.global_batch_size)?'),
     ("ema_decay", 'Did you mean "ema_decay" (training.ema_decay)?'),
     ("model.width", "The keys of 'model' are: model.attn_resolutions, model.ch, "),
-    ("zzz", "The sections are: data, diffusion, eval, model, pretrained, sampling, seed, training."),
+    ("zzz", "The sections are: data, diffusion, edit, eval, model, pretrained, sampling, seed, training."),
 ])
 def test_unknown_key_message_names_the_closest_keys(key, want):
   message = config_lib.unknown_key_message(default.get_config(), key)

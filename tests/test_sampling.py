@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import reference as ref
-from diffusion_jax import diffusion, losses, sampling, schedules, solvers
+from diffusion_jax import diffusion, guidance, losses, sampling, schedules
 
 T = 1000
 BETAS = schedules.get_beta_schedule("linear", num_diffusion_steps=T)
@@ -286,7 +286,7 @@ def test_guidance_on_a_class_conditional_gaussian_oracle():
   labels = jnp.arange(N_ROWS) % 3
   draw = lambda w, key: sampling.ancestral_sample(
       SCHED,
-      model_fn=sampling.classifier_free_guidance(class_gaussian_oracle, labels=labels, null_label=3, guidance_scale=w),
+      model_fn=guidance.classifier_free_guidance(class_gaussian_oracle, labels=labels, null_label=3, guidance_scale=w),
       shape=(N_ROWS, N_DIMS), key=key, model_var_type="fixed_small", clip_denoised=False)
   x = np.asarray(draw(1.0, jax.random.key(11)))
   for k in range(3):
@@ -303,56 +303,6 @@ def test_guidance_on_a_class_conditional_gaussian_oracle():
                     for k in range(3)])  # the mixture's 4th central moment: se(var)^2 = (mu4 - var^2) / n
   assert abs(null.mean() - mean) < 5 * np.sqrt(var / null.size)
   assert abs(null.var(ddof=1) - var) < 5 * np.sqrt((fourth - var**2) / null.size)
-
-
-def _labelled(x, t, y):
-  return 0.1 * x + 0.05 * (y.astype(x.dtype) - 1.5)[:, None] * jnp.cos(t.astype(x.dtype) / 10)[:, None]
-
-
-SOLVER_TABLE = solvers.solver_table(
-    BETAS, timesteps=schedules.sampling_timesteps(BETAS, num_steps=20, spacing="logsnr"), solver="unipc")
-
-
-@pytest.mark.parametrize("sampler", ["ancestral", "ddim", "unipc"])
-def test_guidance_scales_one_and_zero_are_the_conditional_and_the_null_label_samplers(sampler):
-  labels = jnp.array([0, 1, 2, 1])
-  key = jax.random.key(0)
-  ddim_steps = schedules.sampling_timesteps(BETAS, num_steps=20)
-  run = {"ancestral": lambda fn: sampling.ancestral_sample(SCHED, model_fn=fn, shape=(4, 3), key=key),
-         "ddim": lambda fn: sampling.ddim_sample(SCHED, model_fn=fn, shape=(4, 3), key=key, timesteps=ddim_steps,
-                                                 eta=0.5),
-         "unipc": lambda fn: solvers.solver_sample(SOLVER_TABLE, model_fn=fn, shape=(4, 3), key=key)}[sampler]
-  np.testing.assert_array_equal(run(sampling.classifier_free_guidance(
-      _labelled, labels=labels, null_label=3, guidance_scale=1.0)),
-                                run(lambda x, t: _labelled(x, t, labels)))
-  np.testing.assert_array_equal(run(sampling.classifier_free_guidance(
-      _labelled, labels=labels, null_label=3, guidance_scale=0.0)),
-                                run(lambda x, t: _labelled(x, t, jnp.full_like(labels, 3))))
-
-
-def test_guided_output_combines_both_predictions_from_one_call():
-  calls = []
-
-  def network(x, t, y):
-    calls.append(x.shape[0])
-    return jnp.concatenate([_labelled(x, t, y), 0.3 * x + y[:, None]], -1)  # [mean channels, variance channels]
-
-  x, t, labels = jax.random.normal(jax.random.key(0), (4, 3)), jnp.array([5, 9, 40, 2]), jnp.array([0, 1, 2, 1])
-  null = jnp.full_like(labels, 3)
-  out = sampling.classifier_free_guidance(
-      network, labels=labels, null_label=3, guidance_scale=2.5, learned_variance=True)(x, t)
-  assert calls == [8]  # one call on the doubled batch
-  sampling.classifier_free_guidance(
-      network, labels=labels, null_label=3, guidance_scale=1.0, learned_variance=True)(x, t)
-  assert calls == [8, 4]  # w = 1: the conditional network alone
-  cond, uncond = network(x, t, labels), network(x, t, null)
-  np.testing.assert_allclose(out[:, :3], uncond[:, :3] + 2.5 * (cond[:, :3] - uncond[:, :3]), rtol=1e-6)
-  np.testing.assert_array_equal(out[:, 3:], cond[:, 3:])  # the variance is the conditional one's
-  plain = sampling.classifier_free_guidance(_labelled, labels=labels, null_label=3, guidance_scale=4.0)(x, t)
-  np.testing.assert_allclose(plain, _labelled(x, t, null) + 4.0 * (_labelled(x, t, labels) - _labelled(x, t, null)),
-                             rtol=1e-6)
-  with pytest.raises(ValueError, match="guidance_scale = -1.0 is invalid"):
-    sampling.classifier_free_guidance(_labelled, labels=labels, null_label=3, guidance_scale=-1.0)
 
 
 ZT_BETAS = schedules.rescale_zero_terminal_snr(BETAS)

@@ -220,7 +220,7 @@ def test_a_learned_range_output_is_refused():
     (
         lambda: schedules.sampling_timesteps(BETAS, num_steps=1001, spacing="trailing"),
         r"num_steps = 1001 is invalid.*\[1, T = 1000\]"),
-    (lambda: schedules.sampling_timesteps(BETAS, num_steps=10, spacing="karras"), "spacing = 'karras' is unknown"),
+    (lambda: schedules.sampling_timesteps(BETAS, num_steps=10, spacing="cosine"), "spacing = 'cosine' is unknown"),
 ])
 def test_bad_input_raises(call, match):
   with pytest.raises(ValueError, match=match):

@@ -17,12 +17,14 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from diffusion_jax import diffusion, losses, sampling, schedules, solvers
+from diffusion_jax import diffusion, editing, guidance, karras, losses, schedules, solvers
 from diffusion_jax.checks import is_int
 from diffusion_jax.run import data
 
 MODELS = ("unet", "mlp")
-SAMPLERS = ("ancestral", "ddim", *solvers.SOLVERS)
+SAMPLERS = ("ancestral", "ddim", *solvers.SOLVERS, *karras.SAMPLERS)
+EDIT_TASKS = ("inpaint", "sdedit", "invert")
+EDIT_MASKS = ("left_half", "right_half", "top_half", "bottom_half", "center")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 ON_NONFINITE = ("error", "skip")
 QUALITY_METRICS = ("auto", "inception", "classifier", "energy")
@@ -55,6 +57,18 @@ ADDED_KEYS = {
     "training.timestep_sampler": "uniform",
     "eval.quality_bootstrap": 0,
     "training.lr_decay": "constant",
+    "sampling.churn": 0.0,
+    "sampling.churn_sigma_min": 0.0,
+    "sampling.churn_sigma_max": None,
+    "sampling.churn_noise": 1.0,
+    "sampling.guidance_rescale": 0.0,
+    "sampling.guidance_interval": None,
+    "edit.task": "inpaint",
+    "edit.input": None,
+    "edit.mask": "center",
+    "edit.start": None,
+    "edit.jump_length": 10,
+    "edit.resample": 10,
 }
 
 
@@ -76,9 +90,14 @@ def get(config: ml_collections.ConfigDict, key: str) -> Any:
 
 
 def set_key(config: ml_collections.ConfigDict, key: str, value: Any) -> None:
-  """Sets `config` at a dotted `key` to `value`."""
-  section, _, name = key.rpartition(".")
-  (get(config, section) if section else config)[name] = value
+  """Sets `config` at a dotted `key` to `value`, making any section it lacks."""
+  node = config
+  *sections, name = key.split(".")
+  for part in sections:
+    if part not in node:
+      node[part] = ml_collections.ConfigDict()
+    node = node[part]
+  node[name] = value
 
 
 def _require(config: ml_collections.ConfigDict, key: str, ok: Callable[[Any], bool], allowed: str) -> Any:
@@ -162,7 +181,8 @@ def validate_config(config: ml_collections.ConfigDict) -> np.ndarray:
   _require(config, "sampling.num_steps", lambda v: v is None or (pos_int(v) and v <= T),
            f"None (all steps) or an integer in [1, diffusion.num_diffusion_steps = {T}]")
   _require(config, "sampling.eta", lambda v: _is_number(v) and v >= 0, "a number >= 0")
-  _require(config, "sampling.spacing", lambda v: v in schedules.SPACINGS, ", ".join(schedules.SPACINGS))
+  _require(config, "sampling.spacing", lambda v: v is None or v in schedules.SPACINGS,
+           "None (the sampler's best) or " + ", ".join(schedules.SPACINGS))
   _require(config, "sampling.order", lambda v: is_int(v) and 1 <= v <= 3, "1, 2 or 3")
   if T % config.eval.timesteps_per_call:
     raise ValueError(f"eval.timesteps_per_call = {config.eval.timesteps_per_call} is invalid; allowed: a divisor "
@@ -171,8 +191,10 @@ def validate_config(config: ml_collections.ConfigDict) -> np.ndarray:
   if config.sampling.sampler != "ancestral" and config.diffusion.model_var_type == "learned_range":
     raise ValueError(f"sampling.sampler = {config.sampling.sampler!r} does not use learned variances; use "
                      "'ancestral' with diffusion.model_var_type = 'learned_range'.")
+  _check_karras(config)
   _check_conditioning(config)
   _check_zero_terminal_snr(config)
+  _check_edit(config)
   data.check_dataset_name(config.data.dataset)
   _check_own_images(config)
   if config.data.dataset in data.TOY_DATASETS and config.model.name != "mlp":
@@ -198,12 +220,41 @@ def _check_zero_terminal_snr(config: ml_collections.ConfigDict) -> None:
   if config.diffusion.model_mean_type == "eps":
     raise ValueError(f"{key} leaves no signal at t = T, where an eps-predicting network cannot give x_0 (it divides "
                      "by sqrt(alpha_bar_T) = 0); set diffusion.model_mean_type = 'v' (Lin et al. 2024) or 'xstart'.")
-  if config.sampling.sampler in solvers.SOLVERS:
-    raise ValueError(f"sampling.sampler = {config.sampling.sampler!r} steps in log-SNR, which is -inf at t = T under "
-                     f"{key}; use 'ancestral' or 'ddim'.")
-  if config.sampling.num_steps is not None and config.sampling.spacing in ("leading", "logsnr"):
+  if config.sampling.sampler in (*solvers.SOLVERS, *karras.SAMPLERS):
+    raise ValueError(f"sampling.sampler = {config.sampling.sampler!r} steps in log-SNR or sigma, which are infinite at "
+                     f"t = T under {key}; use 'ancestral' or 'ddim'.")
+  if config.sampling.num_steps is not None and config.sampling.spacing in ("leading", "logsnr", "karras"):
     raise ValueError(f"sampling.spacing = {config.sampling.spacing!r} does not start at t = T (leading) or is "
-                     f"undefined there (logsnr) under {key}; use 'trailing' (Lin et al. 2024) or 'linspace'.")
+                     f"undefined there (logsnr, karras) under {key}; use 'trailing' (Lin et al. 2024) or 'linspace'.")
+
+
+def _check_karras(config: ml_collections.ConfigDict) -> None:
+  """The churn of `heun` and `euler` (EDM's S_churn, S_tmin, S_tmax, S_noise)."""
+  sc = config.sampling
+  _require(config, "sampling.churn", lambda v: _is_number(v) and v >= 0, "a number >= 0 (0: deterministic)")
+  _require(config, "sampling.churn_sigma_min", lambda v: _is_number(v) and v >= 0, "a number >= 0")
+  _require(config, "sampling.churn_sigma_max", lambda v: v is None or (_is_number(v) and v >= sc.churn_sigma_min),
+           f"None (no bound) or a number >= sampling.churn_sigma_min = {sc.churn_sigma_min}")
+  _require(config, "sampling.churn_noise", lambda v: _is_number(v) and v > 0, "a number > 0")
+  if sc.churn and sc.sampler not in karras.SAMPLERS:
+    raise ValueError(f"sampling.churn = {sc.churn!r} is read by heun and euler only, not {sc.sampler!r}.")
+
+
+def _check_edit(config: ml_collections.ConfigDict) -> None:
+  """The keys of `--mode edit` (the inputs' shape is checked against the model when the mode reads them)."""
+  is_file = lambda v, ext: isinstance(v, str) and v.endswith(ext) and os.path.isfile(v)
+  _require(config, "edit.task", lambda v: v in EDIT_TASKS, ", ".join(EDIT_TASKS))
+  _require(config, "edit.input", lambda v: v is None or is_file(v, (".png", ".npz")),
+           "None (the eval split's images) or an existing .png or .npz file")
+  _require(config, "edit.mask", lambda v: v in EDIT_MASKS or is_file(v, (".png", ".npz")),
+           ", ".join(EDIT_MASKS) + ", or an existing .png or .npz file (white, non-zero: filled in)")
+  if config.edit.start is not None:
+    try:
+      editing.check_start(config.edit.start, config.diffusion.num_diffusion_steps)
+    except ValueError as e:
+      raise ValueError(f"edit.{e}") from None
+  for key in ("edit.jump_length", "edit.resample"):
+    _require(config, key, lambda v: is_int(v) and v >= 1, "a positive integer")
 
 
 def _check_own_images(config: ml_collections.ConfigDict) -> None:
@@ -244,7 +295,9 @@ def _check_conditioning(config: ml_collections.ConfigDict) -> None:
   _require(config, "model.class_conditional", lambda v: isinstance(v, bool), "True or False")
   _require(config, "training.label_dropout", lambda v: _is_number(v) and 0 <= v < 1, "a probability in [0, 1)")
   try:
-    sampling.check_guidance_scale(config.sampling.guidance_scale)
+    guidance.check_guidance_scale(config.sampling.guidance_scale)
+    guidance.check_guidance_rescale(config.sampling.guidance_rescale)
+    guidance.check_guidance_interval(config.sampling.guidance_interval, config.diffusion.num_diffusion_steps)
   except ValueError as e:
     raise ValueError(f"sampling.{e}") from None
   _require(config, "eval.guidance_scales", lambda v: v is None or (isinstance(v, (tuple, list)) and len(v) > 0 and all(
@@ -254,7 +307,8 @@ def _check_conditioning(config: ml_collections.ConfigDict) -> None:
     raise ValueError(f"model.class_conditional = True needs model.name = 'unet' (the MLP takes no labels), "
                      f"not {config.model.name!r}.")
   if not config.model.class_conditional:
-    for key, unset in [("sampling.labels", "all"), ("sampling.guidance_scale", 1.0), ("eval.guidance_scales", None)]:
+    for key, unset in [("sampling.labels", "all"), ("sampling.guidance_scale", 1.0), ("eval.guidance_scales", None),
+                       ("sampling.guidance_rescale", 0.0), ("sampling.guidance_interval", None)]:
       if get(config, key) != unset:
         raise ValueError(f"{key} = {get(config, key)!r} needs a class-conditional model: set "
                          "model.class_conditional = True (on a dataset with labels).")

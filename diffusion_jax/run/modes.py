@@ -23,7 +23,7 @@ from diffusion_jax.run.experiment import Experiment
 from diffusion_jax.run.logs import Progress
 
 
-def _restore(config: ml_collections.ConfigDict, workdir: str, info: data.DatasetInfo | None = None
+def restore(config: ml_collections.ConfigDict, workdir: str, info: data.DatasetInfo | None = None
              ) -> tuple[Experiment, Any, int | None]:
   """Validated experiment and the parameters to use: `config.pretrained`'s, or the workdir's latest checkpoint's.
 
@@ -34,19 +34,24 @@ def _restore(config: ml_collections.ConfigDict, workdir: str, info: data.Dataset
     FileNotFoundError: no checkpoint in `workdir` (and no `config.pretrained`).
   """
   exp = experiment.build(config, workdir, info)
-  if config.pretrained is not None:
+  return (exp, *load_params(exp, workdir))
+
+
+def load_params(exp: Experiment, workdir: str) -> tuple[Any, int | None]:
+  """(the parameters to sample with, step: None for `config.pretrained`'s) of a built experiment."""
+  if exp.config.pretrained is not None:
     os.makedirs(workdir, exist_ok=True)  # for what the mode writes
-    return exp, transfer.load_pretrained(exp), None
+    return transfer.load_pretrained(exp), None
   state, step = experiment.restore_latest(exp, workdir)
-  return exp, experiment.sampling_params(state, config), step
+  return experiment.sampling_params(state, exp.config), step
 
 
-def _tag(step: int | None) -> str:
+def tag(step: int | None) -> str:
   """The file-name tag of a checkpoint: its step, or `pretrained`."""
   return "pretrained" if step is None else f"{step:08d}"
 
 
-def _params_source(config: ml_collections.ConfigDict, step: int | None) -> str:
+def params_source(config: ml_collections.ConfigDict, step: int | None) -> str:
   """Where the parameters come from, for log lines."""
   if step is None:
     return f"the pretrained {config.pretrained}"
@@ -61,9 +66,9 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
     Path of the `.npz` (uint8 images or float32 points under `samples`).
   """
   info = transfer.pretrained_info(config) if config.pretrained is not None else None
-  exp, params, step = _restore(config, workdir, info)
+  exp, params, step = restore(config, workdir, info)
   sc = config.sampling
-  logging.info("Sampling %d from %s with %s; compiling the sampler...", sc.num_samples, _params_source(config, step),
+  logging.info("Sampling %d from %s with %s; compiling the sampler...", sc.num_samples, params_source(config, step),
                sampler.describe_sampler(config))
   labels = None
   if exp.labels is not None:
@@ -71,7 +76,7 @@ def sample(config: ml_collections.ConfigDict, workdir: str) -> str:
     logging.info("Labels %s in turn, guidance scale %g: a block of rows per label in the grid.", sc.labels,
                  sc.guidance_scale)
   samples = sampler.Sampler(exp, sc.batch_size)(params, sc.num_samples, jax.random.key(sc.seed), labels=labels)
-  stem = os.path.join(workdir, f"samples_{_tag(step)}")
+  stem = os.path.join(workdir, f"samples_{tag(step)}")
   if jax.process_index() == 0:
     stored = data.to_uint8(samples) if exp.info.is_image else samples.astype(np.float32)
     np.savez_compressed(stem + ".npz", samples=stored, **({} if labels is None else {"labels": labels}))
@@ -94,11 +99,11 @@ def export(config: ml_collections.ConfigDict, workdir: str, directory: str | Non
     The directory.
   """
   info = transfer.pretrained_info(config) if config.pretrained is not None else None
-  exp, params, step = _restore(config, workdir, info)
+  exp, params, step = restore(config, workdir, info)
   directory = directory or os.path.join(workdir, "diffusers")
   if jax.process_index() == 0:
     transfer.export_pretrained(exp, params, directory)
-    logging.info("Exported %s to %s (diffusers UNet2DModel + DDPMScheduler).", _params_source(config, step), directory)
+    logging.info("Exported %s to %s (diffusers UNet2DModel + DDPMScheduler).", params_source(config, step), directory)
   return directory
 
 
@@ -109,7 +114,7 @@ def evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     Dict with `bpd` (see `evaluate_bpd`; images only) and `quality` (see `evaluate_quality`; when
     `eval.quality_samples` > 0).
   """
-  exp, params, step = _restore(config, workdir)
+  exp, params, step = restore(config, workdir)
   scorer = None
   if config.eval.quality_samples:
     metric = quality.check_quality_config(config, exp.info)  # before anything compiles
@@ -145,12 +150,12 @@ def evaluate_quality(exp: Experiment, params: Any, step: int | None, workdir: st
     samples = draw(params, scorer.num_samples, jax.random.key(config.sampling.seed),
                    "quality samples" + ("" if K is None else f" (w = {w:g})"), labels)
     by_scale[w] = scorer.score(samples, labels=labels)
-    logging.info("Quality of %s (%d samples, %s%s): %s", _params_source(config, step), scorer.num_samples,
+    logging.info("Quality of %s (%d samples, %s%s): %s", params_source(config, step), scorer.num_samples,
                  sampler.describe_sampler(config),
                  "" if K is None else f", guidance scale {w:g}", scorer.report(by_scale[w]))
   figures = by_scale[scales[0]] if len(scales) == 1 else by_scale
   if jax.process_index() == 0:
-    path = os.path.join(workdir, f"quality_{_tag(step)}.json")
+    path = os.path.join(workdir, f"quality_{tag(step)}.json")
     scorer.write(path, figures, step=step, pretrained=config.pretrained, sampler=config.sampling.sampler,
                  sampling_steps=sampler.sampling_steps(config), spacing=config.sampling.spacing,
                  order=config.sampling.order if config.sampling.sampler in solvers.SOLVERS else None,
@@ -159,7 +164,7 @@ def evaluate_quality(exp: Experiment, params: Any, step: int | None, workdir: st
     logging.info("Wrote %s", path)
     if len(scales) > 1:
       logging.info("Guidance scale sweep:\n%s", guidance_table(by_scale, scorer.baseline))
-      plot = os.path.join(workdir, f"guidance_{_tag(step)}.png")
+      plot = os.path.join(workdir, f"guidance_{tag(step)}.png")
       names = quality.headline(by_scale[scales[0]])
       images.save_line_plots(scales, {k: [f[k] for f in by_scale.values()] for k in names}, plot,
                              x_label="guidance scale w", baselines=scorer.baseline)
@@ -223,8 +228,8 @@ def evaluate_bpd(exp: Experiment, params: Any, step: int | None, workdir: str) -
             "bpd": totals["total"] / count, "prior_bpd": totals["prior"] / count, "decoder_bpd": float(terms[0]),
             "terms_bpd": [float(v) for v in terms]}
   if jax.process_index() == 0:
-    path = os.path.join(workdir, f"eval_{ec.split}_{_tag(step)}.json")
+    path = os.path.join(workdir, f"eval_{ec.split}_{tag(step)}.json")
     files.write_json(path, result)
     logging.info("bits/dim on %s (%d examples, %s, %.0f s): %.4f; wrote %s", ec.split, int(count),
-                 _params_source(config, step), time.time() - start, result["bpd"], path)
+                 params_source(config, step), time.time() - start, result["bpd"], path)
   return result

@@ -14,11 +14,98 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from diffusion_jax import sampling, schedules, solvers
+from diffusion_jax import editing, guidance, karras, sampling, schedules, solvers
 from diffusion_jax.checks import ProgressFn
+from diffusion_jax.diffusion import ModelFn
 from diffusion_jax.run import compiler, data, parallel
 from diffusion_jax.run.experiment import Experiment, labelled_model_fn, model_fn, num_classes
 from diffusion_jax.run.logs import Progress
+
+# Each sampler's spacing when `sampling.spacing` is None: the best measured for it (BENCHMARKS.md, "Few-step
+# samplers"): on the digits job's dataset FID and, for the deterministic ones, on Gaussian data's exact ODE solution.
+DEFAULT_SPACINGS = {"ancestral": "trailing", "ddim": "trailing", "dpm_solver++": "trailing", "unipc": "trailing",
+                    "heun": "karras", "euler": "karras"}
+# What a sampler steps through: the (respaced) schedule, or a solver's table of weights.
+Steps = schedules.DiffusionSchedule | solvers.SolverTable | karras.KarrasTable
+
+
+def spacing(config: ml_collections.ConfigDict) -> str:
+  """`sampling.spacing`, or the sampler's default (`DEFAULT_SPACINGS`) when it is None."""
+  return config.sampling.spacing or DEFAULT_SPACINGS[config.sampling.sampler]
+
+
+def sampling_steps(config: ml_collections.ConfigDict) -> int:
+  """Network calls per sample under `config.sampling`."""
+  return config.sampling.num_steps or config.diffusion.num_diffusion_steps
+
+
+def sampling_timesteps(exp: Experiment, start: int | None = None) -> np.ndarray:
+  """The timesteps `config.sampling` visits, first step first: `num_steps` calls of its spacing (Heun: calls // 2 + 1
+  steps); from `start` down (SDEdit, at most start + 1 steps) when given."""
+  calls = sampling_steps(exp.config)
+  n = calls // 2 + 1 if exp.config.sampling.sampler == "heun" else calls
+  if start is None:
+    return schedules.sampling_timesteps(exp.betas, num_steps=n, spacing=spacing(exp.config))
+  return editing.sdedit_timesteps(exp.betas, start=start, num_steps=min(n, start + 1), spacing=spacing(exp.config))
+
+
+def sampler_steps(exp: Experiment, timesteps: np.ndarray) -> Steps:
+  """What the sampler of `config.sampling` steps through on `timesteps`, built on the host."""
+  sc = exp.config.sampling
+  if sc.sampler == "ancestral" and not np.array_equal(timesteps, np.arange(exp.schedule.num_diffusion_steps)[::-1]):
+    return schedules.respace(exp.betas, timesteps=timesteps)
+  if sc.sampler in solvers.SOLVERS:
+    return solvers.solver_table(exp.betas, timesteps=timesteps, solver=sc.sampler, order=sc.order)
+  if sc.sampler in karras.SAMPLERS:
+    calls = min(sampling_steps(exp.config), 2 * len(timesteps) - 1) if sc.sampler == "heun" else None
+    return karras.karras_table(exp.betas, timesteps=timesteps, sampler=sc.sampler, calls=calls, churn=sc.churn,
+                               churn_sigma_min=sc.churn_sigma_min,
+                               churn_sigma_max=float("inf") if sc.churn_sigma_max is None else sc.churn_sigma_max,
+                               churn_noise=sc.churn_noise)
+  return exp.schedule
+
+
+def guided_model_fn(exp: Experiment, params: Any, labels: jax.Array | None, guidance_scale: float) -> ModelFn:
+  """The network as `model_fn(x_t, t)`: a class-conditional one guided per `config.sampling` at `guidance_scale`."""
+  if labels is None:
+    return model_fn(exp.model, params)
+  sc = exp.config.sampling
+  return guidance.classifier_free_guidance(
+      labelled_model_fn(exp.model, params), labels=labels, null_label=num_classes(exp), guidance_scale=guidance_scale,
+      learned_variance=exp.config.diffusion.model_var_type == "learned_range", rescale=sc.guidance_rescale,
+      interval=None if sc.guidance_interval is None else tuple(sc.guidance_interval))
+
+
+def run_sampler(exp: Experiment, steps: Steps, fn: ModelFn, *, shape: tuple[int, ...], key: jax.Array,
+                timesteps: np.ndarray, progress: ProgressFn | None = None, x_T: jax.Array | None = None,
+                inpaint: sampling.Inpainting | None = None) -> jax.Array:
+  """The sampler of `config.sampling` on `steps` (traced: call it inside a jitted function), sharded over the mesh.
+
+  Args:
+    exp: the experiment.
+    steps: from `sampler_steps`, passed into the jitted function as an argument.
+    fn: the network (`guided_model_fn`).
+    shape: `(batch, *info.shape)`.
+    key: PRNG key.
+    timesteps: the visited steps (DDIM reads them).
+    progress: host function the chain reports its steps done to.
+    x_T: the start (SDEdit, a decoded latent), or None for N(0, I).
+    inpaint: the known region, or None.
+
+  Returns:
+    The samples, in [-1, 1] for images (clipped x_0 predictions).
+  """
+  sc, dc = exp.config.sampling, exp.config.diffusion
+  common = dict(model_mean_type=dc.model_mean_type, clip_denoised=sc.clip_denoised and exp.info.is_image,
+                sharding=parallel.batch_sharding(exp.mesh), progress=progress, x_T=x_T, inpaint=inpaint)
+  if sc.sampler == "ddim":
+    return sampling.ddim_sample(steps, model_fn=fn, shape=shape, key=key, timesteps=timesteps, eta=sc.eta, **common)
+  if sc.sampler in solvers.SOLVERS:
+    return solvers.solver_sample(steps, model_fn=fn, shape=shape, key=key, **common)
+  if sc.sampler in karras.SAMPLERS:
+    return karras.karras_sample(steps, model_fn=fn, shape=shape, key=key, **common)
+  return sampling.ancestral_sample(steps, model_fn=fn, shape=shape, key=key, model_var_type=dc.model_var_type,
+                                   **common)
 
 
 def make_sampler(exp: Experiment, batch_size: int, progress: ProgressFn | None = None,
@@ -38,64 +125,43 @@ def make_sampler(exp: Experiment, batch_size: int, progress: ProgressFn | None =
   """
   sharding = parallel.batch_sharding(exp.mesh)
   shape = (batch_size, *exp.info.shape)
-  sc, dc = exp.config.sampling, exp.config.diffusion
-  clip = sc.clip_denoised and exp.info.is_image
   timesteps = sampling_timesteps(exp)
-  steps: schedules.DiffusionSchedule | solvers.SolverTable = exp.schedule
-  if sc.sampler == "ancestral" and len(timesteps) != exp.schedule.num_diffusion_steps:
-    steps = schedules.respace(exp.betas, timesteps=timesteps)
-  elif sc.sampler in solvers.SOLVERS:
-    steps = solvers.solver_table(exp.betas, timesteps=timesteps, solver=sc.sampler, order=sc.order)
-  K = num_classes(exp)
-  w = sc.guidance_scale if guidance_scale is None else guidance_scale
+  steps = sampler_steps(exp, timesteps)
+  w = exp.config.sampling.guidance_scale if guidance_scale is None else guidance_scale
 
-  def draw(params: Any, steps: schedules.DiffusionSchedule | solvers.SolverTable, key: jax.Array,
-           labels: jax.Array | None) -> jax.Array:
-    if K is None:
-      fn = model_fn(exp.model, params)
-    else:
-      fn = sampling.classifier_free_guidance(
-          labelled_model_fn(exp.model, params), labels=labels, null_label=K, guidance_scale=w,
-          learned_variance=dc.model_var_type == "learned_range")
-    common = dict(model_mean_type=dc.model_mean_type, clip_denoised=clip, sharding=sharding, progress=progress)
-    if sc.sampler == "ddim":
-      return sampling.ddim_sample(steps, model_fn=fn, shape=shape, key=key, timesteps=timesteps, eta=sc.eta, **common)
-    if sc.sampler in solvers.SOLVERS:
-      return solvers.solver_sample(steps, model_fn=fn, shape=shape, key=key, **common)
-    return sampling.ancestral_sample(
-        steps, model_fn=fn, shape=shape, key=key, model_var_type=dc.model_var_type, **common)
+  def draw(params: Any, steps: Steps, key: jax.Array, labels: jax.Array | None) -> jax.Array:
+    return run_sampler(exp, steps, guided_model_fn(exp, params, labels, w), shape=shape, key=key, timesteps=timesteps,
+                       progress=progress)
 
   jitted = compiler.jit(draw, out_shardings=sharding)
 
   def sampler(params: Any, key: jax.Array, labels: jax.Array | None = None) -> jax.Array:
-    if (labels is None) != (K is None):
-      raise ValueError("a class-conditional model samples with labels (shape (batch,)), an unconditional one "
-                       f"without; this model has num_classes = {K}, labels = {labels}.")
-    if labels is not None:
-      labels = jnp.asarray(labels, jnp.int32)
-      if labels.shape != (batch_size,) or int(labels.min()) < 0 or int(labels.max()) > K:
-        raise ValueError(f"labels must be ints in [0, {K}] (K = {K} is the null label) of shape ({batch_size},).")
-      labels = jax.device_put(labels, sharding)
-    return jitted(params, steps, key, labels)
+    return jitted(params, steps, key, put_labels(exp, labels, batch_size))
   return sampler
 
 
-def sampling_steps(config: ml_collections.ConfigDict) -> int:
-  """Network calls per sample under `config.sampling`."""
-  return config.sampling.num_steps or config.diffusion.num_diffusion_steps
-
-
-def sampling_timesteps(exp: Experiment) -> np.ndarray:
-  """The timesteps `config.sampling` visits (`num_steps` of `spacing`), first step first."""
-  return schedules.sampling_timesteps(
-      exp.betas, num_steps=sampling_steps(exp.config), spacing=exp.config.sampling.spacing)
+def put_labels(exp: Experiment, labels: Any, batch_size: int) -> jax.Array | None:
+  """`labels` as a sharded int32 array; `ValueError` unless a class-conditional model has `(batch_size,)` labels in
+  [0, K] and an unconditional one none."""
+  K = num_classes(exp)
+  if (labels is None) != (K is None):
+    raise ValueError("a class-conditional model samples with labels (shape (batch,)), an unconditional one "
+                     f"without; this model has num_classes = {K}, labels = {labels}.")
+  if labels is None:
+    return None
+  labels = jnp.asarray(labels, jnp.int32)
+  if labels.shape != (batch_size,) or int(labels.min()) < 0 or int(labels.max()) > K:
+    raise ValueError(f"labels must be ints in [0, {K}] (K = {K} is the null label) of shape ({batch_size},).")
+  return jax.device_put(labels, parallel.batch_sharding(exp.mesh))
 
 
 def describe_sampler(config: ml_collections.ConfigDict) -> str:
   """`config.sampling`'s sampler in words, e.g. `unipc (order 2), 20 logsnr steps`."""
   sc = config.sampling
   order = f" (order {sc.order})" if sc.sampler in solvers.SOLVERS else ""
-  return f"{sc.sampler}{order}, {sampling_steps(config)} {sc.spacing} steps"
+  churn = f" (churn {sc.churn:g})" if sc.sampler in karras.SAMPLERS and sc.churn else ""
+  unit = "network calls" if sc.sampler == "heun" else "steps"
+  return f"{sc.sampler}{order}{churn}, {sampling_steps(config)} {spacing(config)} {unit}"
 
 
 class Sampler:
