@@ -6,10 +6,10 @@
 For every sampler (ancestral on the respaced process, DDIM with eta = 0, DPM-Solver++ of orders 2 and 3, UniPC
 of orders 2 and 3, Heun and Euler of Karras et al. without churn), every spacing and every number of calls, draws
 `--num_samples` samples of the run's EMA parameters from one key and scores them with the run's quality metric
-(`eval.quality_metric`: the dataset FID of the classifier features for the digits), beside 1000-step ancestral sampling (Algorithm 2), the limit the
-deterministic samplers converge to (DDIM with eta = 0 on all T steps: the probability-flow ODE) and the real test
-split. Prints a table, writes it as JSON and draws `<out>.png`: one panel per spacing, the figure against the
-number of calls, a line per sampler, the 1000-step ancestral figure dashed.
+(`eval.quality_metric`: the dataset FID of the classifier features for the digits), beside 1000-step ancestral
+sampling (Algorithm 2), the limit the deterministic samplers converge to (DDIM with eta = 0 on all T steps: the
+probability-flow ODE) and the real test split. Prints a table, writes it as JSON and draws `<out>.png`: one panel
+per spacing, the figure against the number of calls, a line per sampler, the 1000-step ancestral figure dashed.
 """
 
 from __future__ import annotations
