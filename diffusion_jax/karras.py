@@ -116,6 +116,8 @@ def karras_table(betas: np.ndarray, *, timesteps: Sequence[int] | np.ndarray, sa
   sigma_hat = sigma * (1.0 + gamma)
   t_hat = np.where(gamma > 0, sigma_timestep(betas, sigma=sigma_hat), ts)
   sigma_next = np.append(sigma[1:], 0.0)
+  # Heun's steps: the first calls - n (all but the last, to sigma = 0, for 2n - 1 calls). Given one call less, the
+  # next-to-last step is Euler's: on Gaussian data that costs less than an Euler first step (benchmarks/spacing.py).
   heun = np.arange(n) < calls - n
   cast = lambda a: jax.device_put(np.asarray(a, jnp.dtype(dtype)))
   ints = lambda a: jax.device_put(np.asarray(a, np.int32))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import reference as ref
-from diffusion_jax import karras, schedules
+from diffusion_jax import karras, sampling, schedules
 
 T = 1000
 BETAS = schedules.get_beta_schedule("linear", num_diffusion_steps=T)
@@ -124,3 +124,19 @@ def test_zero_terminal_snr_and_bad_arguments_are_refused():
     karras.karras_table(BETAS, timesteps=ts, churn=-1.0)
   with pytest.raises(ValueError, match="sigma must be positive"):
     karras.sigma_timestep(BETAS, sigma=0.0)
+
+
+@pytest.mark.parametrize("spacing", ["trailing", "karras"])
+def test_euler_is_ddim(spacing):
+  """DDIM with eta = 0 is Euler's method on dx^/dsigma (Karras et al. 2022, section 4): the same samples on the same
+  steps, a check that the sigma parameterisation, the scaling of the network's input and the
+  sigma-to-step mapping agree with the DDPM's."""
+  sched = schedules.make_schedule(BETAS)
+  model = lambda x, t: jnp.tanh(x) * jnp.cos(t.astype(x.dtype) / 100)[:, None]
+  ts = schedules.sampling_timesteps(BETAS, num_steps=12, spacing=spacing)
+  x_T = jax.random.normal(jax.random.key(0), (4, 3))
+  ddim = sampling.ddim_sample(sched, model_fn=model, shape=(4, 3), key=jax.random.key(1), timesteps=ts, x_T=x_T,
+                              clip_denoised=False)
+  euler = karras.karras_sample(karras.karras_table(BETAS, timesteps=ts, sampler="euler"), model_fn=model,
+                               shape=(4, 3), key=jax.random.key(1), x_T=x_T, clip_denoised=False)
+  np.testing.assert_allclose(euler, ddim, rtol=1e-4, atol=1e-4)
