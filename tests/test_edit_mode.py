@@ -57,7 +57,8 @@ def _inputs(workdir, data_dir):
 @pytest.mark.slow
 def test_inpainting_keeps_the_known_pixels_with_repaint_and_with_ddim(workdir, data_dir, tmp_path):
   """RePaint on the test split's first images (their labels given to the class-conditional model), and DDIM on an
-  .npz input with a PNG mask: the known pixels are the input's, the grid has a row of (input, mask, result) each."""
+  .npz input with a PNG mask: the known pixels are the input's, the grid has (input, mask, result) triples, four
+  a row."""
   helpers.run_main("tiny.py", workdir, f"--config.data.data_dir={data_dir}", "--config.edit.mask=left_half",
                    "--config.edit.resample=3", "--config.edit.jump_length=5", mode="edit")
   x, labels = _inputs(workdir, data_dir)
@@ -68,7 +69,7 @@ def test_inpainting_keeps_the_known_pixels_with_repaint_and_with_ddim(workdir, d
   np.testing.assert_array_equal(out[:, :, 4:], x[:, :, 4:])
   assert np.abs(out[:, :, :4].astype(int) - x[:, :, :4]).mean() > 10
   with Image.open(os.path.join(workdir, "edit_inpaint_00000004.png")) as grid:
-    assert grid.width < grid.height / 2  # 3 columns, 8 rows
+    assert 4 < grid.width / grid.height < 8  # 12 columns (4 triples), 2 rows
   images = str(tmp_path / "in.npz")
   np.savez(images, images=x[:3])
   mask = str(tmp_path / "mask.png")
@@ -119,3 +120,22 @@ def test_inputs_that_do_not_fit_the_model_are_refused_before_compiling(what, mat
   assert proc.returncode == 1 and re.search(match, out), out[-3000:]
   assert "Traceback" not in out
   assert "Finished XLA compilation" not in out, "compiled before failing"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("flags", [["--config.edit.resample=2", "--config.edit.jump_length=5"],
+                                   ["--config.edit.task=sdedit", "--config.sampling.sampler=heun",
+                                    "--config.sampling.num_steps=9", "--config.sampling.churn=5.0"]],
+                         ids=["repaint", "sdedit_heun_churn"])
+def test_one_and_four_devices_edit_the_same(flags, data_dir, tmp_path):
+  """The edit programs shard the batch over the mesh; noise follows the step, not the device (determinism only:
+  correctness is tests/test_editing.py's)."""
+  results = []
+  for devices in (1, 4):
+    workdir = str(tmp_path / f"w{devices}")
+    shutil.copytree(FIXTURE, workdir)
+    helpers.run_main("tiny.py", workdir, f"--config.data.data_dir={data_dir}", *flags, mode="edit", devices=devices)
+    task = "sdedit" if "--config.edit.task=sdedit" in flags else "inpaint"
+    with np.load(os.path.join(workdir, f"edit_{task}_00000004.npz")) as f:
+      results.append(f["images"].astype(int))
+  assert np.abs(results[0] - results[1]).max() <= 1

@@ -24,7 +24,7 @@ import numpy as np
 from absl import logging
 from PIL import Image
 
-from diffusion_jax import editing, files, sampling
+from diffusion_jax import editing, files, sampling, schedules
 from diffusion_jax.run import compiler, data, experiment, images, modes, parallel, sampler, transfer
 from diffusion_jax.run import config as config_lib
 from diffusion_jax.run.experiment import Experiment
@@ -94,14 +94,19 @@ def read_mask(spec: str, n: int, height: int, width: int) -> np.ndarray:
   return np.broadcast_to(fill.reshape(-1, height, width, 1), (n, height, width, 1)).copy()
 
 
-def make_editor(exp: Experiment, batch_size: int, progress: Progress) -> Any:
-  """jit(params, key, images, masks, labels) -> (results, middle column) for `config.edit.task`, per batch."""
+def make_editor(exp: Experiment, batch_size: int, progress: Progress) -> tuple[Any, sampler.Steps, int, int]:
+  """jit(params, steps, key, images, masks, labels) -> (results, middle column) for `config.edit.task`, per batch;
+  what it steps through; the progress steps of a batch; its network calls per image."""
   config, sc, ec = exp.config, exp.config.sampling, exp.config.edit
   shape = (batch_size, *exp.info.shape)
   sharding = parallel.batch_sharding(exp.mesh)
   T = exp.schedule.num_diffusion_steps
   start = (T // 2 if ec.start is None else ec.start) if ec.task == "sdedit" else None
-  timesteps = sampler.sampling_timesteps(exp, start)
+  if ec.task == "invert":  # DDIM's steps, whatever the sampler
+    timesteps = schedules.sampling_timesteps(exp.betas, num_steps=sampler.sampling_steps(config),
+                                             spacing=invert_spacing(config))
+  else:
+    timesteps = sampler.sampling_timesteps(exp, start)
   steps = sampler.sampler_steps(exp, timesteps)
   repaint = ec.task == "inpaint" and sc.sampler == "ancestral" and ec.resample > 1
   mean_type = config.diffusion.model_mean_type
@@ -132,15 +137,23 @@ def make_editor(exp: Experiment, batch_size: int, progress: Progress) -> Any:
     return out, jnp.where(masks > 0, 0.0, x)  # the input with the filled region grey
 
   jitted = compiler.jit(edit, out_shardings=(sharding, sharding))
-  calls = (len(editing.repaint_timesteps(len(timesteps), jump_length=ec.jump_length, resample=ec.resample)) - 1
-           if repaint else 2 * len(timesteps) if ec.task == "invert" else sampler.sampling_steps(config))
-  return jitted, steps, calls
+  if repaint:  # the walk's moves; the network is called on the moves down
+    moves = np.diff(editing.repaint_timesteps(len(timesteps), jump_length=ec.jump_length, resample=ec.resample))
+    return jitted, steps, len(moves), int((moves < 0).sum())
+  if ec.task == "invert":  # the progress follows the inversion
+    return jitted, steps, len(timesteps), 2 * len(timesteps)
+  return jitted, steps, sampler.sampling_steps(config), sampler.sampling_steps(config)
+
+
+def invert_spacing(config: ml_collections.ConfigDict) -> str:
+  """The spacing of DDIM inversion: `sampling.spacing`, or DDIM's default."""
+  return config.sampling.spacing or sampler.DEFAULT_SPACINGS["ddim"]
 
 
 def _describe(config: ml_collections.ConfigDict) -> str:
   ec, sc = config.edit, config.sampling
   if ec.task == "invert":
-    return f"DDIM inversion and decoding, {sampler.sampling_steps(config)} {sampler.spacing(config)} steps each"
+    return f"DDIM inversion and decoding, {sampler.sampling_steps(config)} {invert_spacing(config)} steps each"
   if ec.task == "sdedit":
     start = config.diffusion.num_diffusion_steps // 2 if ec.start is None else ec.start
     return f"SDEdit from step {start} with {sampler.describe_sampler(config)} (at most start + 1)"
@@ -150,8 +163,9 @@ def _describe(config: ml_collections.ConfigDict) -> str:
 
 
 def edit(config: ml_collections.ConfigDict, workdir: str) -> str:
-  """`--mode edit` on the latest checkpoint: writes `edit_<task>_<step>.png` (rows of input, mask / start / latent,
-  result) and `.npz` (`images`: the results as uint8 shaped like the input; `latents` for `invert`).
+  """`--mode edit` on the latest checkpoint: writes `edit_<task>_<step>.png` (triples of input, mask / start /
+  latent, result, four a row) and `.npz` (`images`: the results as uint8 shaped like the input; `latents` for
+  `invert`).
 
   Returns:
     Path of the `.npz`.
@@ -169,16 +183,16 @@ def edit(config: ml_collections.ConfigDict, workdir: str) -> str:
   params, step = modes.load_params(exp, workdir)
   batch = min(config.sampling.batch_size, -(-n // jax.device_count()) * jax.device_count())
   progress = Progress()
-  jitted, steps, calls = make_editor(exp, batch, progress)
+  jitted, steps, moves, calls = make_editor(exp, batch, progress)
   logging.info("Editing %d images with %s: %s; compiling...", n, modes.params_source(config, step), _describe(config))
   num_batches = -(-n // batch)
-  progress.start(f"edit {config.edit.task} ({n} images, {calls} network calls each)", num_batches * calls)
+  progress.start(f"edit {config.edit.task} ({n} images, {calls} network calls each)", num_batches * moves)
   pad = lambda a: np.pad(a, [(0, num_batches * batch - n)] + [(0, 0)] * (a.ndim - 1), mode="edge")
   xs, ms, ys = pad(np.asarray(data.to_model_input(jnp.asarray(x)))), pad(masks), None if K is None else pad(labels)
   sharding = parallel.batch_sharding(exp.mesh)
   results, middles = [], []
   for b in range(num_batches):
-    progress.offset = b * calls
+    progress.offset = b * moves
     part = slice(b * batch, (b + 1) * batch)
     x_b, m_b = (jax.device_put(jnp.asarray(a[part]), sharding) for a in (xs, ms))
     y_b = None if ys is None else sampler.put_labels(exp, ys[part], batch)
@@ -195,9 +209,10 @@ def edit(config: ml_collections.ConfigDict, workdir: str) -> str:
       arrays["labels"] = labels
     files.write_npz(stem + ".npz", arrays)
     shown = middle / 3.0 if config.edit.task == "invert" else middle  # latents ~ N(0, I): 3 sd to the pixel range
-    rows = np.stack([x, data.to_uint8(shown), data.to_uint8(result)], 1)[:images.MAX_SHOWN // 3]
+    triples = np.stack([x, data.to_uint8(shown), data.to_uint8(result)], 1)[:images.MAX_SHOWN // 3]
+    grid = images.image_grid(triples.reshape(-1, *triples.shape[2:]), columns=3 * min(4, n))  # 4 triples a row
     with files.atomic_open(stem + ".png", "wb") as f:
-      Image.fromarray(images.image_grid(rows.reshape(-1, *rows.shape[2:]), columns=3)).save(f, format="PNG")
-    logging.info("Wrote %s.npz and %s.png (rows: input, %s, result)", stem, stem,
+      Image.fromarray(grid).save(f, format="PNG")
+    logging.info("Wrote %s.npz and %s.png (triples of input, %s, result)", stem, stem,
                  {"inpaint": "mask", "sdedit": "noised start", "invert": "latent / 3"}[config.edit.task])
   return stem + ".npz"

@@ -157,7 +157,7 @@ def evaluate_quality(exp: Experiment, params: Any, step: int | None, workdir: st
   if jax.process_index() == 0:
     path = os.path.join(workdir, f"quality_{tag(step)}.json")
     scorer.write(path, figures, step=step, pretrained=config.pretrained, sampler=config.sampling.sampler,
-                 sampling_steps=sampler.sampling_steps(config), spacing=config.sampling.spacing,
+                 sampling_steps=sampler.sampling_steps(config), spacing=sampler.spacing(config),
                  order=config.sampling.order if config.sampling.sampler in solvers.SOLVERS else None,
                  use_ema=config.sampling.use_ema,
                  guidance_scales=None if K is None else scales)
