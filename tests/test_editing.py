@@ -205,3 +205,17 @@ def test_ddim_inversion_then_decoding_returns_the_input_with_an_error_falling_wi
   latent = np.asarray(latent)
   np.testing.assert_array_less(np.abs(latent.mean(0)), 5 / np.sqrt(2000))
   np.testing.assert_array_less(np.abs(latent.std(0) - 1), 5 / np.sqrt(2 * 2000))
+
+
+def test_repaint_is_one_program_whatever_its_walk():
+  """One trace of the network (its one `sin`) and the same program for 50 and 1000 steps and 1 or 10
+  resamplings: the walk is the scan's input."""
+  def program(num_steps, resample):
+    sched = schedules.make_schedule(schedules.get_beta_schedule("linear", num_diffusion_steps=num_steps))
+    inpaint = sampling.Inpainting(jnp.zeros((2, 4, 4, 1)), jnp.ones((2, 4, 4, 1)))
+    draw = lambda s, k: editing.repaint_sample(s, model_fn=lambda x, t: jnp.sin(x), inpaint=inpaint, key=k,
+                                               resample=resample)
+    jaxpr = jax.make_jaxpr(draw)(sched, jax.random.key(0))
+    return str(jaxpr).count(" sin "), len(jaxpr.eqns)
+
+  assert program(50, 1) == program(1000, 10) == (1, program(50, 1)[1])

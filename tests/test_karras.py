@@ -140,3 +140,20 @@ def test_euler_is_ddim(spacing):
   euler = karras.karras_sample(karras.karras_table(BETAS, timesteps=ts, sampler="euler"), model_fn=model,
                                shape=(4, 3), key=jax.random.key(1), x_T=x_T, clip_denoised=False)
   np.testing.assert_allclose(euler, ddim, rtol=1e-4, atol=1e-4)
+
+
+def _program(n):
+  table = karras.karras_table(BETAS, timesteps=schedules.sampling_timesteps(BETAS, num_steps=n, spacing="karras"),
+                              churn=10.0)
+  draw = jax.jit(lambda tab, k: karras.karras_sample(tab, model_fn=lambda x, t: jnp.sin(x), shape=(4, 8, 8, 3),
+                                                     key=k))
+  temp = draw.lower(table, jax.random.key(0)).compile().memory_analysis().temp_size_in_bytes
+  jaxpr = jax.make_jaxpr(draw)(table, jax.random.key(0))
+  return str(jaxpr).count(" sin "), len(jaxpr.eqns), temp
+
+
+def test_program_and_memory_do_not_grow_with_the_number_of_steps():
+  """The network (its `sin`) traced twice (the step's call and Heun's correction), the same program and scratch memory for 10
+  and 300 steps: the steps are the scan's length and the table's leading axis."""
+  assert _program(10) == _program(300)
+  assert _program(10)[0] == 2
