@@ -153,7 +153,7 @@ def _program(n):
 
 
 def test_program_and_memory_do_not_grow_with_the_number_of_steps():
-  """The network (its `sin`) traced twice (the step's call and Heun's correction), the same program and scratch memory for 10
-  and 300 steps: the steps are the scan's length and the table's leading axis."""
+  """The network (its `sin`) traced twice (the step's call and Heun's correction), the same program and scratch
+  memory for 10 and 300 steps: the steps are the scan's length and the table's leading axis."""
   assert _program(10) == _program(300)
   assert _program(10)[0] == 2
