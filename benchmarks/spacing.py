@@ -2,6 +2,7 @@
 noise predictor, for every sampler, spacing and number of network calls.
 
     python benchmarks/spacing.py            # seconds on a CPU; JSON in benchmarks/results/spacing_gaussian.json
+    python benchmarks/spacing.py --digits benchmarks/results/solvers_digits_epyc.json    # and each sampler's best
 
 Data N(M, S^2) (per pixel) and its exact eps, float64, the linear schedule of T = 1000 (the configs'). A
 deterministic sampler maps x_T to b + A x_T, so from x_T ~ N(0, 1), as it is used, its samples are exactly
@@ -10,11 +11,17 @@ sqrt((b - M)^2 + (|A| - S)^2) / S: it counts the discretisation error, the start
 x_T marginal and the last step's x_0 prediction. Two data laws: S = 0.5 (a spread-out pixel) and S = 0.1 (a sharp
 one, where the last steps matter most). The network calls are those of `sampling.num_steps` (Heun: calls // 2 + 1
 steps, its last one or two Euler's).
+
+With `--digits`, the JSON of `benchmarks/solvers.py` on a trained run, it also names each sampler's best spacing
+(`diffusion_jax.run.sampler.DEFAULT_SPACINGS`): the least mean of log(figure / the best figure at that number of
+calls) over the calls, the digits' dataset FID and the Gaussian laws each counting half (the ancestral sampler,
+not deterministic: the digits alone).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -58,10 +65,34 @@ def relative_w2(betas: np.ndarray, sampler: str, order: int, spacing: str, calls
   return float(np.hypot(b - m, abs(slope) - s) / s)
 
 
+def best_spacings(gaussian: list[dict], digits: list[dict], calls: list[int]) -> list[dict]:
+  """Each sampler's mean log-ratio to the best per spacing (digits and Gaussian halves), and the least one."""
+  spacings = sorted({r["spacing"] for r in digits} - {"-"}, key=schedules.SPACINGS.index)
+  out = []
+  for label in dict.fromkeys(r["sampler"] for r in digits if r["spacing"] in spacings):
+    parts = []
+    for rows, key, laws in [(digits, "dataset_fid", [None]), (gaussian, None, list(LAWS))]:
+      ratios = []
+      for law in laws:
+        for c in calls:
+          v = {sp: next((float(r[key] if key else r[f"{c} calls"].rstrip(" *")) for r in rows if r["sampler"] == label
+                         and r["spacing"] == sp and (key is None or r["calls"] == c) and r.get("law") == law), None)
+               for sp in spacings}
+          if None not in v.values():
+            ratios.append([np.log(v[sp] / min(v.values())) for sp in spacings])
+      if ratios:
+        parts.append(np.mean(ratios, 0))
+    score = np.mean(parts, 0)
+    out.append({"sampler": label, **{sp: f"{x:.2f}" for sp, x in zip(spacings, score, strict=True)},
+                "best": spacings[int(np.argmin(score))]})
+  return out
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--calls", default="10,20,50")
   parser.add_argument("--out", default="benchmarks/results/spacing_gaussian.json")
+  parser.add_argument("--digits", help="benchmarks/solvers.py's JSON: also name each sampler's best spacing")
   args = common.parse_args(parser)
   calls = [int(c) for c in args.calls.split(",")]
   betas = schedules.get_beta_schedule("linear", num_diffusion_steps=1000)
@@ -80,6 +111,13 @@ def main() -> None:
   common.report(f"Relative W2 error of the sampled law, Gaussian data, exact eps, T = 1000 (* best spacing; "
                 f"{time.time() - start:.0f} s)", rows, ["law", "sampler", "spacing", *(f"{c} calls" for c in calls)],
                 args.out)
+  if args.digits:
+    with open(args.digits) as f:
+      digits = json.load(f)["rows"]
+    best = best_spacings(rows, digits, calls)
+    spacings = [k for k in best[0] if k not in ("sampler", "best")]
+    common.report("Mean log(figure / best) per spacing, digits and Gaussian halves; the least is the default", best,
+                  ["sampler", *spacings, "best"], os.path.splitext(args.out)[0] + "_best.json")
 
 
 if __name__ == "__main__":

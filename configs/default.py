@@ -111,7 +111,8 @@ def get_config() -> ml_collections.ConfigDict:
   # network calls; None: every diffusion step. heun takes num_steps // 2 + 1 steps (Heun's but the last one or two)
   c.sampling.num_steps = config_dict.placeholder(int)
   # which steps of the T: linspace, leading, trailing, logsnr (uniform in log-SNR), quadratic or karras (EDM's rho = 7
-  # in sigma); None: the sampler's best measured (trailing; karras for heun and euler; README "Choosing a sampler")
+  # in sigma); None: the sampler's best measured (ancestral: trailing, ddim, heun and euler: quadratic, the solvers:
+  # logsnr; README "Choosing a sampler")
   c.sampling.spacing = config_dict.placeholder(str)
   c.sampling.order = 2  # dpm_solver++ and unipc only: 1, 2 or 3
   c.sampling.eta = 0.0  # ddim only: 0 deterministic, 1 ancestral-like

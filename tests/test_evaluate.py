@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from diffusion_jax import losses, sampling, schedules, solvers
+from diffusion_jax import karras, losses, sampling, schedules, solvers
 from diffusion_jax.run import compiler, data, experiment, modes, sampler
 from helpers import tiny_config
 
@@ -51,13 +51,15 @@ def test_a_padded_last_batch_gives_the_bits_per_dim_of_the_real_examples_only(da
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, spacing", [("ancestral", "linspace"), ("ddim", "trailing"),
-                                            ("dpm_solver++", "logsnr"), ("unipc", "quadratic")])
+                                            ("dpm_solver++", "logsnr"), ("unipc", "quadratic"), ("heun", "karras"),
+                                            ("ancestral", None), ("euler", None)])
 def test_the_configs_samplers_are_the_library_functions(name, spacing):
   """sampling.sampler, num_steps = 10 of T = 50, spacing and order give exactly `ancestral_sample` on the respaced
-  schedule, `ddim_sample` with those steps and eta, or `solver_sample` on the solver's table; not the full
-  chain."""
+  schedule, `ddim_sample` with those steps and eta, `solver_sample` on the solver's table, or `karras_sample` (Heun:
+  10 calls, 6 steps); not the full chain. Spacing None is the sampler's documented default (README)."""
   c = tiny_config("/nonexistent")
   c.sampling.update(sampler=name, num_steps=10, eta=0.5, spacing=spacing, order=3)
+  spacing = spacing or {"ancestral": "trailing", "euler": "quadratic"}[name]
   exp = experiment.build(c, info=INFO)
   # The UNet's last layer starts at zero (eps = 0, a linear flow): perturbed, the orders and steps differ.
   params = jax.tree.map(lambda p: p + 0.05 * jax.random.normal(jax.random.key(p.size), p.shape), _params(exp))
@@ -66,13 +68,15 @@ def test_the_configs_samplers_are_the_library_functions(name, spacing):
   got = sampler.make_sampler(exp, 8)(params, key, labels)
   fn = experiment.model_fn(exp.model, params, labels=labels)
   shape = (8, 8, 8, 1)
-  timesteps = schedules.sampling_timesteps(exp.betas, num_steps=10, spacing=spacing)
+  timesteps = schedules.sampling_timesteps(exp.betas, num_steps=6 if name == "heun" else 10, spacing=spacing)
   if name == "ddim":
     want = sampling.ddim_sample(exp.schedule, model_fn=fn, shape=shape, key=key, timesteps=timesteps, eta=0.5)
   elif name == "ancestral":
-    respaced = schedules.respace(exp.betas, timesteps=schedules.sampling_timesteps(exp.betas, num_steps=10))
-    want = sampling.ancestral_sample(
-        respaced, model_fn=fn, shape=shape, key=key, model_var_type=c.diffusion.model_var_type)
+    want = sampling.ancestral_sample(schedules.respace(exp.betas, timesteps=timesteps), model_fn=fn, shape=shape,
+                                     key=key, model_var_type=c.diffusion.model_var_type)
+  elif name in karras.SAMPLERS:
+    want = karras.karras_sample(karras.karras_table(exp.betas, timesteps=timesteps, sampler=name, calls=10 if
+                                                    name == "heun" else None), model_fn=fn, shape=shape, key=key)
   else:
     want = solvers.solver_sample(
         solvers.solver_table(exp.betas, timesteps=timesteps, solver=name, order=3), model_fn=fn, shape=shape,

@@ -87,13 +87,14 @@ def test_rescale_zero_and_an_interval_over_every_step_are_plain_guidance(sampler
 
 def test_rescale_moves_each_examples_std_to_the_conditional_ones_by_phi():
   """Lin et al. 2024, Algorithm 2, against NumPy: x = phi x_cfg std(cond) / std(x_cfg) + (1 - phi) x_cfg, the
-  stds over each example's entries; phi = 1 gives the conditional output's std exactly."""
+  stds over each example's entries; phi = 1 gives the conditional output's std exactly. The network scales x by
+  its label, so the conditional, unconditional and guided outputs all differ in std."""
+  net = lambda x, t, y: x * (0.2 + 0.1 * y.astype(x.dtype))[:, None] + jnp.sin(t.astype(x.dtype))[:, None]
   x, t, labels = jax.random.normal(jax.random.key(0), (4, 6)), jnp.array([5, 9, 40, 2]), jnp.array([0, 1, 2, 1])
-  cond, uncond = (np.asarray(_labelled(x, t, y), np.float64) for y in (labels, jnp.full_like(labels, 3)))
+  cond, uncond = (np.asarray(net(x, t, y), np.float64) for y in (labels, jnp.full_like(labels, 3)))
   cfg = uncond + 4.0 * (cond - uncond)
   for phi in (0.3, 1.0):
-    out = guidance.classifier_free_guidance(_labelled, labels=labels, null_label=3, guidance_scale=4.0, rescale=phi)(
-        x, t)
+    out = guidance.classifier_free_guidance(net, labels=labels, null_label=3, guidance_scale=4.0, rescale=phi)(x, t)
     ratio = cond.std(axis=1, keepdims=True) / cfg.std(axis=1, keepdims=True)
     np.testing.assert_allclose(out, phi * cfg * ratio + (1 - phi) * cfg, rtol=1e-5)
   np.testing.assert_allclose(np.std(out, axis=1), cond.std(axis=1), rtol=1e-5)

@@ -21,10 +21,11 @@ from diffusion_jax.run import compiler, data, parallel
 from diffusion_jax.run.experiment import Experiment, labelled_model_fn, model_fn, num_classes
 from diffusion_jax.run.logs import Progress
 
-# Each sampler's spacing when `sampling.spacing` is None: the best measured for it (BENCHMARKS.md, "Few-step
-# samplers"): on the digits job's dataset FID and, for the deterministic ones, on Gaussian data's exact ODE solution.
-DEFAULT_SPACINGS = {"ancestral": "trailing", "ddim": "trailing", "dpm_solver++": "trailing", "unipc": "trailing",
-                    "heun": "karras", "euler": "karras"}
+# Each sampler's spacing when `sampling.spacing` is None: the best measured for it (BENCHMARKS.md, "Each sampler's
+# spacing"; `benchmarks/spacing.py --digits`): on the digits job's dataset FID at 10, 20 and 50 calls and, for the
+# deterministic samplers, on Gaussian data's exact law.
+DEFAULT_SPACINGS = {"ancestral": "trailing", "ddim": "quadratic", "dpm_solver++": "logsnr", "unipc": "logsnr",
+                    "heun": "quadratic", "euler": "quadratic"}
 # What a sampler steps through: the (respaced) schedule, or a solver's table of weights.
 Steps = schedules.DiffusionSchedule | solvers.SolverTable | karras.KarrasTable
 
