@@ -1,6 +1,7 @@
 """Every config key, its default and its meaning; each experiment file overrides what it needs.
 
-The defaults are the built-in job (configs/digits.py), so this file trains as it stands, on any machine:
+The defaults are the built-in job's model and data (configs/digits.py, which sets its own objective), so this file
+trains as it stands, on any machine:
 
     python main.py --config configs/default.py --workdir workdirs/default
 
