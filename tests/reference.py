@@ -121,3 +121,12 @@ def gaussian_sampler_moments(abar_kept: np.ndarray, m: float, s: float, *, varia
       a, b = math.sqrt(ab_prev) * x0_a + c * eps_a, math.sqrt(ab_prev) * x0_b + c * eps_b
     mu, var = a * mu + b, a * a * var + step_var
   return mu, math.sqrt(var)
+
+
+def gaussian_eps(schedule, m: float, s: float):
+  """The exact eps of data N(m, s^2) per entry: sqrt(1 - abar) (x_t - sqrt(abar) m) / (abar s^2 + 1 - abar), a
+  `model_fn(x_t, t)` for inputs of shape (batch, d)."""
+  def model_fn(x, t):
+    a = schedule.alphas_cumprod[t][:, None]
+    return (1 - a) ** 0.5 * (x - a**0.5 * m) / (a * s * s + 1 - a)
+  return model_fn

@@ -39,9 +39,7 @@ def _gaussian_errors(sampler: str, ns: list[int]) -> list[float]:
   with jax.enable_x64(True):
     sched = schedules.make_schedule(betas, dtype=jnp.float64)
 
-    def oracle(x, t):
-      a = sched.alphas_cumprod[t][:, None]
-      return jnp.sqrt(1 - a) * (x - jnp.sqrt(a) * M) / (a * S * S + 1 - a)
+    oracle = ref.gaussian_eps(sched, M, S)
 
     for n in ns:
       ts = schedules.sampling_timesteps(betas, num_steps=n, spacing="karras")
@@ -91,9 +89,7 @@ def test_churn_samples_the_data_law_and_without_churn_the_chain_is_deterministic
   S_noise sqrt(sigma_hat^2 - sigma^2), gamma = min(S_churn / n, sqrt(2) - 1)."""
   sched = schedules.make_schedule(BETAS)
 
-  def oracle(x, t):
-    a = sched.alphas_cumprod[t][:, None]
-    return jnp.sqrt(1 - a) * (x - jnp.sqrt(a) * M) / (a * S * S + 1 - a)
+  oracle = ref.gaussian_eps(sched, M, S)
 
   ts = schedules.sampling_timesteps(BETAS, num_steps=40, spacing="karras")
   table = karras.karras_table(BETAS, timesteps=ts, churn=40.0, churn_sigma_min=0.05, churn_sigma_max=50.0)

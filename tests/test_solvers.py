@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import reference as ref
 from diffusion_jax import sampling, schedules, solvers
 
 T = 1000
@@ -154,9 +155,7 @@ def test_error_of_the_sampled_law_falls_at_the_solvers_order(solver, order, min_
   with jax.enable_x64(True):
     sched = schedules.make_schedule(betas, dtype=jnp.float64)
 
-    def oracle(x, t):
-      a = sched.alphas_cumprod[t][:, None]
-      return jnp.sqrt(1 - a) * (x - jnp.sqrt(a) * M) / (a * S * S + 1 - a)
+    oracle = ref.gaussian_eps(sched, M, S)
 
     for n in ns:
       ts = schedules.sampling_timesteps(betas, num_steps=n, spacing="logsnr")
