@@ -24,7 +24,7 @@ from diffusion_jax.run.logs import Progress
 
 
 def restore(config: ml_collections.ConfigDict, workdir: str, info: data.DatasetInfo | None = None
-             ) -> tuple[Experiment, Any, int | None]:
+            ) -> tuple[Experiment, Any, int | None]:
   """Validated experiment and the parameters to use: `config.pretrained`'s, or the workdir's latest checkpoint's.
 
   Returns:
