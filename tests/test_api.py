@@ -34,12 +34,12 @@ def test_the_variance_defaults_to_fixed_large_everywhere():
 def test_every_name_readme_gives_for_the_math_is_exported():
   table = helpers.README[helpers.README.index("The math, `diffusion_jax.*`"):helpers.README.index("The runtime,")]
   named = {n for n in re.findall(r"`([A-Za-z_]\w*)`", table) if n[0].islower() or n[0].isupper()}
-  modules = {"schedules", "diffusion", "losses", "importance", "sampling", "solvers", "models", "metrics", "pretrained",
-             "checks",
-             "files", "stats", "inception", "inception_weights", "tensors", "names", "configs", "unet", "mlp", "layers"}
+  modules = {"schedules", "diffusion", "losses", "importance", "sampling", "guidance", "solvers", "karras", "editing",
+             "models", "metrics", "pretrained", "checks", "files", "stats", "inception", "inception_weights", "tensors",
+             "names", "configs", "unet", "mlp", "layers"}
   values = {"linear", "cosine", "quadratic", "sigmoid", "constant", "custom", "linspace", "leading", "trailing",
-            "logsnr", "eps", "xstart", "v", "fixed_large", "fixed_small", "learned_range", "load", "save",
-            "MLPDenoiser", "UNet", "frechet_distance", "kid", "energy_distance", "UNet2DModel", "DDPMScheduler"}
+            "logsnr", "karras", "rescale", "interval", "eps", "xstart", "v", "fixed_large", "fixed_small",
+            "learned_range", "load", "save", "MLPDenoiser", "UNet", "frechet_distance", "kid", "energy_distance", "UNet2DModel", "DDPMScheduler"}
   assert named - modules - values <= set(diffusion_jax.__all__), named - modules - values - set(diffusion_jax.__all__)
 
 

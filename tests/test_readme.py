@@ -29,9 +29,9 @@ README = helpers.README
 
 def test_readme_has_the_blocks_this_module_runs():
   assert len(PYTHON) == 3
-  assert [c[2:4] for c in _main_commands()] == [["--config", "configs/digits.py"]] * 3
+  assert [c[2:4] for c in _main_commands()] == [["--config", "configs/digits.py"]] * 6
   modes = [c[c.index("--mode") + 1] if "--mode" in c else "train" for c in _main_commands()]
-  assert modes == ["train", "sample", "eval"]
+  assert modes == ["train", "sample", "eval", "edit", "edit", "edit"]
 
 
 def test_pip_extras_in_readme_exist():
@@ -93,6 +93,9 @@ def test_main_commands_train_sample_and_evaluate(trained_workdir):
   assert os.path.exists(os.path.join(workdir, "samples", "step_00000020.png"))
   assert np.load(os.path.join(workdir, "samples_00000020.npz"))["samples"].shape == (256, 8, 8, 1)
   assert os.path.exists(os.path.join(workdir, "eval_test_00000020.json"))
+  for task in ("inpaint", "sdedit", "invert"):  # README's edit commands, on the test split's first 64 digits
+    with np.load(os.path.join(workdir, f"edit_{task}_00000020.npz")) as f:
+      assert f["images"].shape == (64, 8, 8, 1)
 
 
 @pytest.mark.slow
