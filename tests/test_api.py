@@ -39,7 +39,8 @@ def test_every_name_readme_gives_for_the_math_is_exported():
              "names", "configs", "unet", "mlp", "layers"}
   values = {"linear", "cosine", "quadratic", "sigmoid", "constant", "custom", "linspace", "leading", "trailing",
             "logsnr", "karras", "rescale", "interval", "eps", "xstart", "v", "fixed_large", "fixed_small",
-            "learned_range", "load", "save", "MLPDenoiser", "UNet", "frechet_distance", "kid", "energy_distance", "UNet2DModel", "DDPMScheduler"}
+            "learned_range", "load", "save", "MLPDenoiser", "UNet", "frechet_distance", "kid", "energy_distance",
+            "UNet2DModel", "DDPMScheduler"}
   assert named - modules - values <= set(diffusion_jax.__all__), named - modules - values - set(diffusion_jax.__all__)
 
 
