@@ -22,9 +22,11 @@ from diffusion_jax.diffusion import ModelFn
 from diffusion_jax.sampling import (
     Inpainting,
     Trajectory,
+    alpha_bar,
     ancestral_step,
     check_inpainting,
     check_sample_shape,
+    levels_after,
     mean_output,
     replace_known,
     run_chain,
@@ -104,9 +106,8 @@ def repaint_sample(
     def down(x: jax.Array) -> tuple[jax.Array, jax.Array]:
       x_prev, pred = ancestral_step(schedule, model_fn=model_fn, x=x, t=t, key=key, model_mean_type=model_mean_type,
                                     model_var_type=model_var_type, clip_denoised=clip_denoised, sharding=sharding)
-      abar = jnp.where(t > 0, schedule.alphas_cumprod_prev[t], 1.0)
-      return replace_known(x_prev, inpaint, jnp.sqrt(abar), jnp.sqrt(1.0 - abar), jax.random.fold_in(key, 1),
-                           sharding), pred
+      return replace_known(x_prev, inpaint, *levels_after(schedule.alphas_cumprod, t - 1),
+                           jax.random.fold_in(key, 1), sharding), pred
 
     def up_step(x: jax.Array) -> tuple[jax.Array, jax.Array]:
       beta = schedule.betas[t + 1]
@@ -212,7 +213,7 @@ def ddim_invert(
     pred_xstart = diffusion.predict_xstart(schedule, model_output=out, x_t=x, t=tb, model_mean_type=model_mean_type,
                                            clip_denoised=False)
     eps = diffusion.predict_eps_from_xstart(schedule, x_t=x, t=tb, pred_xstart=pred_xstart)
-    abar_a = jnp.where(a >= 0, schedule.alphas_cumprod[jnp.maximum(a, 0)], 1.0)
+    abar_a = alpha_bar(schedule.alphas_cumprod, a)
     abar_b = schedule.alphas_cumprod[b]
     x0 = (x - jnp.sqrt(1.0 - abar_a) * eps) / jnp.sqrt(abar_a)
     return jnp.sqrt(abar_b) * x0 + jnp.sqrt(1.0 - abar_b) * eps, None, x0

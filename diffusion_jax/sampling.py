@@ -155,7 +155,8 @@ def run_chain(
     report_progress(progress, n + 1, num)
     return (_constrain(x_prev, sharding), extra), pred
 
-  counted = (jnp.arange(num), timesteps if key_ids is None else key_ids, step_inputs, levels)
+  counted = (jnp.arange(num), timesteps if key_ids is None else key_ids, step_inputs,
+             None if inpaint is None else levels)
   if return_every is None:
     (x_0, _), _ = jax.lax.scan(lambda c, xs: (body(c, xs)[0], None), (x_T, extra), counted)
     return x_0
@@ -199,9 +200,14 @@ def ancestral_step(schedule: DiffusionSchedule, *, model_fn: ModelFn, x: jax.Arr
   return out.mean + sigma * noise, out.pred_xstart
 
 
+def alpha_bar(alphas_cumprod: jax.Array, s: jax.Array) -> jax.Array:
+  """alpha_bar_s of steps s in [-1, T); 1 for s = -1, the clean data."""
+  return jnp.where(s >= 0, alphas_cumprod[jnp.maximum(s, 0)], 1.0)
+
+
 def levels_after(alphas_cumprod: jax.Array, successors: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(sqrt(alpha_bar_s), sqrt(1 - alpha_bar_s)) of each step's successor s; (1, 0) for s = -1, the clean data."""
-  abar = jnp.where(successors >= 0, alphas_cumprod[jnp.maximum(successors, 0)], 1.0)
+  abar = alpha_bar(alphas_cumprod, successors)
   return jnp.sqrt(abar), jnp.sqrt(1.0 - abar)
 
 
@@ -328,7 +334,7 @@ def ddim_sample(
         model_mean_type=model_mean_type, clip_denoised=clip_denoised)
     eps = diffusion.predict_eps_from_xstart(schedule, x_t=x, t=tb, pred_xstart=pred_xstart)
     abar_t = schedule.alphas_cumprod[t]
-    abar_s = jnp.where(s >= 0, schedule.alphas_cumprod[jnp.maximum(s, 0)], 1.0)
+    abar_s = alpha_bar(schedule.alphas_cumprod, s)
     sigma = eta * jnp.sqrt((1.0 - abar_s) / (1.0 - abar_t) * (1.0 - abar_t / abar_s))
     noise = _constrain(jax.random.normal(key, shape, x.dtype), sharding)
     x_prev = (jnp.sqrt(abar_s) * pred_xstart
