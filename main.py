@@ -7,11 +7,12 @@ The published DDPM checkpoints (diffusers format, downloaded by you) sample and 
 their config: python main.py --config configs/ddpm_cifar10_32.py --config.pretrained=PATH --workdir W --mode sample
 
 Any key of the config can be set with --config.KEY=VALUE; every key, its default and
-its meaning are in configs/default.py. Training resumes from the latest checkpoint
+its meaning are in configs/default.py. Training resumes from the latest intact checkpoint
 when re-run with the same --workdir. Multi-host: pass --coordinator_address,
 --num_processes and --process_id to every process (or set JAX_COORDINATOR_ADDRESS;
 on clusters JAX detects by itself, such as TPU pods and SLURM, set
-DIFFUSION_JAX_DISTRIBUTED=1).
+DIFFUSION_JAX_DISTRIBUTED=1); a process silent for --host_timeout_s ends the others
+(exit status 3).
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ import runpy
 import sys
 from collections.abc import Sequence
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from diffusion_jax.run import config as config_lib
-from diffusion_jax.run import edit, modes, parallel, train
+from diffusion_jax.run import edit, hosts, modes, parallel, train
+from diffusion_jax.run.checkpoint import CheckpointError
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
@@ -42,11 +45,13 @@ flags.DEFINE_string("export_dir", None, "--mode export: where to write (default:
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-host).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-host).")
+flags.DEFINE_integer("host_timeout_s", 60, "Multi-host: a process silent this long is lost; every other process "
+                     f"then exits with status {hosts.LOST_EXIT_STATUS}, naming it.", lower_bound=1)
 flags.DEFINE_bool("traceback", False, "Show the full traceback of a bad-input error instead of one paragraph.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 # Errors that report bad input (config, flags, data, workdir) or a documented stop: one paragraph, no traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError)
+USER_ERRORS = (ValueError, FileNotFoundError, FloatingPointError, CheckpointError)
 
 
 def _keep(record: py_logging.LogRecord) -> bool:
@@ -100,8 +105,14 @@ def main(argv: list[str]) -> None:
   run = {"train": train.train_and_evaluate, "sample": modes.sample, "eval": modes.evaluate, "edit": edit.edit,
          "export": lambda config, workdir: modes.export(config, workdir, FLAGS.export_dir)}[FLAGS.mode]
   try:
-    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    run(FLAGS.config, FLAGS.workdir)
+    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
+                                    heartbeat_timeout_s=2 * FLAGS.host_timeout_s)
+    with hosts.Watchdog(FLAGS.host_timeout_s) as watchdog:  # with several processes: ends this one if one is lost
+      try:
+        run(FLAGS.config, FLAGS.workdir)
+      except (jax.errors.JaxRuntimeError, TimeoutError):  # a collective or barrier failed: was a process lost?
+        watchdog.wait_for_loss()
+        raise
   except USER_ERRORS as e:
     if FLAGS.traceback:
       raise

@@ -102,6 +102,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.training.steps_per_call = 1  # optimizer steps per compiled call (amortises dispatch)
   c.training.on_nonfinite = "error"  # or "skip": drop the update, count it in the metrics
   c.training.checkpoint_every_steps = 10_000
+  # A checkpoint whose files fail their checksums: "fallback" resumes from the newest intact one (a warning names
+  # what is damaged; training moves the damaged steps to checkpoints_corrupt/), "error" stops there
+  c.training.on_corrupt_checkpoint = "fallback"
   c.training.max_checkpoints_to_keep = 3
   c.training.log_every_steps = 100  # a progress line, metrics.jsonl and TensorBoard
   c.training.sample_every_steps = 50_000  # a preview grid in samples/, from the EMA parameters

@@ -20,6 +20,7 @@ import numpy as np
 from diffusion_jax import diffusion, editing, guidance, karras, losses, schedules, solvers
 from diffusion_jax.checks import is_int
 from diffusion_jax.run import data
+from diffusion_jax.run.checkpoint import ON_CORRUPT
 
 MODELS = ("unet", "mlp")
 SAMPLERS = ("ancestral", "ddim", *solvers.SOLVERS, *karras.SAMPLERS)
@@ -69,6 +70,7 @@ ADDED_KEYS = {
     "edit.start": None,
     "edit.jump_length": 10,
     "edit.resample": 10,
+    "training.on_corrupt_checkpoint": "fallback",
 }
 
 
@@ -159,6 +161,7 @@ def validate_config(config: ml_collections.ConfigDict) -> np.ndarray:
   _require(config, "training.adam_eps", lambda v: _is_number(v) and v >= 0, "a non-negative number")
   _require(config, "training.compute_dtype", lambda v: v in COMPUTE_DTYPES, ", ".join(COMPUTE_DTYPES))
   _require(config, "training.on_nonfinite", lambda v: v in ON_NONFINITE, ", ".join(ON_NONFINITE))
+  _require(config, "training.on_corrupt_checkpoint", lambda v: v in ON_CORRUPT, ", ".join(ON_CORRUPT))
   T = config.diffusion.num_diffusion_steps
   weights_ok = lambda v: isinstance(v, (tuple, list)) and len(v) == T and all(_is_number(w) and w >= 0 for w in v)
   _require(config, "training.timestep_weights", lambda v: v is None or weights_ok(v),

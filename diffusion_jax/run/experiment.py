@@ -177,7 +177,8 @@ def abstract_state(exp: Experiment) -> TrainState:
 def restore_latest(exp: Experiment, workdir: str) -> tuple[TrainState, int]:
   """The latest complete checkpoint of `workdir`, read-only; `FileNotFoundError` if there is none."""
   ckpt_dir = os.path.join(os.path.abspath(workdir), "checkpoints")
-  ckpt = Checkpointer(workdir, read_only=True) if os.path.isdir(ckpt_dir) else None
+  ckpt = (Checkpointer(workdir, read_only=True, on_corrupt=exp.config.training.on_corrupt_checkpoint)
+          if os.path.isdir(ckpt_dir) else None)
   step = None if ckpt is None else ckpt.latest_step()
   if step is None:
     raise FileNotFoundError(f"No complete checkpoint in {ckpt_dir}: train first with "

@@ -20,7 +20,7 @@ DATA_AXIS = "data"
 
 
 def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
-                           process_id: int | None = None, timeout_s: int = 300) -> None:
+                           process_id: int | None = None, timeout_s: int = 300, heartbeat_timeout_s: int = 100) -> None:
   """`jax.distributed.initialize` from explicit arguments or the `JAX_COORDINATOR_ADDRESS` environment.
 
   With neither, nothing happens (one process), except on clusters JAX detects
@@ -32,6 +32,8 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
     num_processes: total number of processes.
     process_id: this process's index.
     timeout_s: how long to wait for the other processes.
+    heartbeat_timeout_s: after how long without a heartbeat JAX's coordination service declares a process dead
+      and ends the others (also its wait at shut-down).
   """
   given = [coordinator_address, num_processes, process_id]
   if any(v is not None for v in given) and not all(v is not None for v in given):
@@ -41,10 +43,12 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
   if coordinator_address is not None:
     if not 0 <= process_id < num_processes:
       raise ValueError(f"process_id = {process_id} must be in [0, num_processes = {num_processes}).")
-    jax.distributed.initialize(coordinator_address, num_processes, process_id,
-                               initialization_timeout=timeout_s)
+    jax.distributed.initialize(coordinator_address, num_processes, process_id, initialization_timeout=timeout_s,
+                               heartbeat_timeout_seconds=heartbeat_timeout_s,
+                               shutdown_timeout_seconds=heartbeat_timeout_s)
   elif os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("DIFFUSION_JAX_DISTRIBUTED") == "1":
-    jax.distributed.initialize(initialization_timeout=timeout_s)
+    jax.distributed.initialize(initialization_timeout=timeout_s, heartbeat_timeout_seconds=heartbeat_timeout_s,
+                               shutdown_timeout_seconds=heartbeat_timeout_s)
 
 
 def make_mesh() -> Mesh:

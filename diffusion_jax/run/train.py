@@ -75,7 +75,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> Train
   metric = quality.check_quality_config(config, exp.info) if qc.quality_every_steps else None  # before compiling
   k = tc.steps_per_call
   os.makedirs(workdir, exist_ok=True)
-  ckpt = Checkpointer(workdir, max_to_keep=tc.max_checkpoints_to_keep)
+  ckpt = Checkpointer(workdir, max_to_keep=tc.max_checkpoints_to_keep, on_corrupt=tc.on_corrupt_checkpoint)
   state = restore_or_init(exp, ckpt)  # a mismatched checkpoint fails here, before any write
   step = int(parallel.host_value(state.step))
   if jax.process_index() == 0:
