@@ -20,7 +20,7 @@ import dataclasses
 import os
 import shutil
 import threading
-from typing import Any
+from typing import Any, NoReturn
 
 import jax
 import orbax.checkpoint as ocp
@@ -113,7 +113,7 @@ class Checkpointer:
       self._fail(error)
     self._saving = None
 
-  def _fail(self, error: Exception) -> None:
+  def _fail(self, error: Exception) -> NoReturn:
     step, self._saving, self._failed = self._saving, None, error
     cause = " ".join(str(error).split())
     kept = ", ".join(str(s) for s in self.all_steps() if s != step) or "none"
@@ -123,7 +123,8 @@ class Checkpointer:
         "the permissions, then re-run with the same --workdir to resume from the latest.") from error
 
   def save(self, step: int, state: Any, meta: dict[str, Any], *, force: bool = False) -> bool:
-    """Starts an (asynchronous) save of `state` at `step`; returns whether one was started.
+    """Starts an (asynchronous) save of `state` at `step`, its checksums written once it is on disk; returns
+    whether one was started.
 
     Raises:
       CheckpointError: this save (or the one before it, still in flight) failed.
@@ -138,8 +139,9 @@ class Checkpointer:
           force=force)
     except Exception as e:  # a directory that cannot be created, ...
       self._fail(e)
-    self._sealing = threading.Thread(target=self._seal, args=(step,), name="checkpoint_checksums", daemon=True)
-    self._sealing.start()
+    if started:
+      self._sealing = threading.Thread(target=self._seal, args=(step,), name="checkpoint_checksums", daemon=True)
+      self._sealing.start()
     if not self._async:
       self._wait()
     return started

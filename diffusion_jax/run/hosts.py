@@ -18,8 +18,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import jax
 
@@ -40,13 +39,12 @@ class Watchdog:
 
   Args:
     timeout_s: how long a process may be silent before it counts as lost.
-    exit_fn: what ends this process (`os._exit`: no clean-up that would wait on the lost process).
   """
 
-  def __init__(self, timeout_s: float, *, exit_fn: Callable[[int], Any] = os._exit):
+  def __init__(self, timeout_s: float):
     if not timeout_s > 0:
       raise ValueError(f"timeout_s = {timeout_s!r} must be > 0.")
-    self.timeout_s, self._exit = float(timeout_s), exit_fn
+    self.timeout_s = float(timeout_s)
     self._period = self.timeout_s / 10
     self._stop = threading.Event()
     self._stopped_peers: set[int] = set()
@@ -68,7 +66,7 @@ class Watchdog:
     except Exception:  # the coordination service is gone: nobody is left to tell
       pass
 
-  def _lost(self, process: int, why: str) -> None:
+  def _lost(self, process: int, why: str) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.write(
         f"HostLost: process {process} of {jax.process_count()} was lost ({why}): killed, crashed, or its host failed. "
@@ -76,7 +74,7 @@ class Watchdog:
         "collective. Every checkpoint completed before is intact: re-run every process with the same --workdir to "
         "resume.\n")
     sys.stderr.flush()
-    self._exit(LOST_EXIT_STATUS)
+    os._exit(LOST_EXIT_STATUS)  # no clean-up: Python's and JAX's would wait for the lost process
 
   def _watch(self) -> None:
     me, client = jax.process_index(), _client()
@@ -96,7 +94,6 @@ class Watchdog:
         if now - unreachable_since >= self.timeout_s:
           self._lost(0, f"its coordination service has not answered for {now - unreachable_since:.0f} s: "
                         f"{' '.join(str(e).split())[:200]}")
-          return
         continue
       for p in others:
         value = beats.get(str(p))
@@ -106,7 +103,6 @@ class Watchdog:
           seen[p] = (value, now)
         elif now - seen[p][1] >= self.timeout_s:
           self._lost(p, f"no heartbeat for {now - seen[p][1]:.0f} s")
-          return
 
   def wait_for_loss(self) -> None:
     """After a collective failed: waits up to `timeout_s` and a beat for the watchdog to find a lost process (it
