@@ -106,7 +106,7 @@ def main(argv: list[str]) -> None:
          "export": lambda config, workdir: modes.export(config, workdir, FLAGS.export_dir)}[FLAGS.mode]
   try:
     parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id,
-                                    heartbeat_timeout_s=2 * FLAGS.host_timeout_s)
+                                    heartbeat_timeout_s=max(100, 2 * FLAGS.host_timeout_s))
     with hosts.Watchdog(FLAGS.host_timeout_s) as watchdog:  # with several processes: ends this one if one is lost
       try:
         run(FLAGS.config, FLAGS.workdir)

@@ -242,8 +242,10 @@ def test_two_processes_preempted_by_sigterm_or_losing_one_to_sigkill_resume_bitw
     data_dir, uninterrupted_two_processes, tmp_path):
   """One workdir through every fault of a pod: SIGTERM to both processes, SIGTERM to process 1 only, SIGKILL to
   process 1, then process 1's files deleted from the newest checkpoint. Each re-run resumes where the last left
-  off; the last ends bitwise equal to the run without faults (the same 4-device reductions, in the same order)."""
-  workdir = str(tmp_path)
+  off; the last ends bitwise equal to the run without faults (the same 4-device reductions, in the same order).
+  On the way: the first stop's parameters equal one device's after the same steps (the data-parallel program over
+  two hosts is the one-device program)."""
+  workdir = str(tmp_path / "two_processes")
   latest = lambda: Checkpointer(workdir, read_only=True).latest_step()
   # 1. SIGTERM to both: both save the same step and exit 0.
   runs = _two_processes(workdir, data_dir)
@@ -254,6 +256,13 @@ def test_two_processes_preempted_by_sigterm_or_losing_one_to_sigkill_resume_bitw
   assert [run.proc.returncode for run in runs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
   first = _saved_step(outputs[0])
   assert _saved_step(outputs[1]) == first == latest() and 5 <= first < EVERY_2
+  assert "on 4 device(s), 2 process(es)" in outputs[0]
+  # The same steps on one device, in-process, labels included: all-reduces sum in another order over the 4 devices
+  # of 2 hosts, so float32 tolerance here, not bitwise.
+  one_device = train.train_and_evaluate(_config(data_dir, STEPS_2, EVERY_2, 16, num_train_steps=first),
+                                        str(tmp_path / "one_device"))
+  chex.assert_trees_all_close(helpers.load_state(_config(data_dir, STEPS_2, EVERY_2, 16), workdir),
+                              jax.tree.map(np.asarray, one_device), rtol=2e-4, atol=2e-6)
   # 2. Re-run; SIGTERM to process 1 alone (one VM pre-empted): JAX's pre-emption sync stops both at one step.
   runs = _two_processes(workdir, data_dir)
   runs[0].wait_for(lambda: runs[0].logged_step(EVERY_2 + 5))
@@ -269,8 +278,8 @@ def test_two_processes_preempted_by_sigterm_or_losing_one_to_sigkill_resume_bitw
                    and runs[0].logged_step(2 * EVERY_2 + 3))
   runs[1].proc.send_signal(signal.SIGKILL)
   killed = time.time()
-  out = runs[0].finish(timeout=HOST_TIMEOUT_S + 30)
-  assert time.time() - killed < HOST_TIMEOUT_S + 15, out[-3000:]
+  out = runs[0].finish(timeout=HOST_TIMEOUT_S + 60)
+  assert time.time() - killed < HOST_TIMEOUT_S + 40, out[-3000:]  # the watchdog's beats are slow on busy cores
   assert runs[0].proc.returncode == hosts.LOST_EXIT_STATUS, out[-3000:]
   assert "HostLost: process 1 of 2 was lost (no heartbeat for" in out
   runs[1].finish()

@@ -8,8 +8,9 @@ would fail or hang, so every other process writes which one was lost and exits
 with status `LOST_EXIT_STATUS`. A coordination service that cannot be reached
 for `timeout_s` means that process 0 is lost. A process that ends on its own
 (done, pre-empted, or an error of its own, which its log reports) marks itself
-stopped and is not waited for. JAX's own heartbeat (set to twice `timeout_s`
-by `parallel.initialize_distributed`) remains as a second bound.
+stopped and is not waited for. JAX's own heartbeat (main.py sets it to
+twice `timeout_s`, at least 100 s, so that this watchdog speaks first)
+remains as a second bound.
 """
 
 from __future__ import annotations
@@ -84,12 +85,12 @@ class Watchdog:
     unreachable_since, beat = None, 0
     while not self._stop.wait(self._period):
       beat += 1
-      now = time.monotonic()
       try:
         client.key_value_set(f"{_PREFIX}{me}", str(beat), allow_overwrite=True)
         beats = {key.rsplit("/", 1)[-1]: value for key, value in client.key_value_dir_get(_PREFIX)}
-        unreachable_since = None
+        now, unreachable_since = time.monotonic(), None  # when the beats were read (the calls can be slow)
       except Exception as e:  # the coordination service (on process 0) does not answer
+        now = time.monotonic()
         unreachable_since = unreachable_since or now
         if now - unreachable_since >= self.timeout_s:
           self._lost(0, f"its coordination service has not answered for {now - unreachable_since:.0f} s: "
