@@ -76,11 +76,11 @@ class Checkpointer:
     self.directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     self.corrupt_directory = os.path.join(os.path.abspath(workdir), "checkpoints_corrupt")
     self._async, self._read_only, self._on_corrupt = async_save, read_only, on_corrupt
-    self._saving: int | None = None  # the step of the save in flight
-    self._sealing: threading.Thread | None = None  # waits for that save, then writes its checksums
-    self._seal_error: Exception | None = None
-    self._failed: Exception | None = None  # a failed save, once reported (Orbax raises it again on every wait)
+    self._sealing: threading.Thread | None = None  # waits for the save in flight, then writes its checksums
+    self._seal_error: tuple[int, Exception] | None = None  # the step whose save failed, and why
+    self._failed = False  # a failed save was reported (Orbax raises it again on every wait)
     self._problems: dict[int, str | None] = {}  # each step's problem (None: intact), once checked
+    self._legacy_reported = False
     options = ocp.CheckpointManagerOptions(
         max_to_keep=None if read_only else max_to_keep,
         save_interval_steps=0 if read_only else 1,
@@ -101,20 +101,19 @@ class Checkpointer:
       if jax.process_index() == 0:
         integrity.write_checksums(os.path.join(self.directory, str(step)))
     except Exception as e:  # whatever the storage fails with; raised by the next `_wait`, in the caller's thread
-      self._seal_error = e
+      self._seal_error = (step, e)
 
   def _wait(self) -> None:
     """Waits for the save in flight and its checksums; a failure becomes a `CheckpointError` naming the step."""
     if self._sealing is not None:
       self._sealing.join()
       self._sealing = None
-    error, self._seal_error = self._seal_error, None
-    if error is not None:
-      self._fail(error)
-    self._saving = None
+    failed, self._seal_error = self._seal_error, None
+    if failed is not None:
+      self._fail(*failed)
 
-  def _fail(self, error: Exception) -> NoReturn:
-    step, self._saving, self._failed = self._saving, None, error
+  def _fail(self, step: int, error: Exception) -> NoReturn:
+    self._failed = True
     cause = " ".join(str(error).split())
     kept = ", ".join(str(s) for s in self.all_steps() if s != step) or "none"
     raise CheckpointError(
@@ -132,13 +131,12 @@ class Checkpointer:
     self._wait()
     if step in self._manager.all_steps():
       return False
-    self._saving = step
     try:
       started = self._manager.save(
           step, args=ocp.args.Composite(state=ocp.args.StandardSave(_stored(state)), meta=ocp.args.JsonSave(meta)),
           force=force)
     except Exception as e:  # a directory that cannot be created, ...
-      self._fail(e)
+      self._fail(step, e)
     if started:
       self._sealing = threading.Thread(target=self._seal, args=(step,), name="checkpoint_checksums", daemon=True)
       self._sealing.start()
@@ -162,10 +160,10 @@ class Checkpointer:
     """Whether the steps carry checksums: those of a workdir saved before they existed are restored unverified."""
     steps = self.all_steps()
     legacy = bool(steps) and not any(integrity.has_checksums(os.path.join(self.directory, str(s))) for s in steps)
-    if legacy and not self._problems:
+    if legacy and not self._legacy_reported:
       logging.warning("The checkpoints in %s were saved without checksums (by diffusion_jax before they existed): "
                       "restored unverified.", self.directory)
-      self._problems = dict.fromkeys(steps)
+      self._legacy_reported = True
     return not legacy
 
   def latest_step(self) -> int | None:
@@ -262,5 +260,5 @@ class Checkpointer:
       try:
         self._manager.close()
       except Exception:  # the failed save again, already reported
-        if self._failed is None:
+        if not self._failed:
           raise

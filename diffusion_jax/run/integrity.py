@@ -10,16 +10,9 @@ import hashlib
 import json
 import os
 
+from diffusion_jax import files as files_lib
+
 CHECKSUMS = "checksums.json"
-_CHUNK = 1 << 20
-
-
-def _sha256(path: str) -> str:
-  digest = hashlib.sha256()
-  with open(path, "rb") as f:
-    while chunk := f.read(_CHUNK):
-      digest.update(chunk)
-  return digest.hexdigest()
 
 
 def _files_digest(files: dict[str, dict[str, int | str]]) -> str:
@@ -27,7 +20,7 @@ def _files_digest(files: dict[str, dict[str, int | str]]) -> str:
 
 
 def write_checksums(step_dir: str) -> None:
-  """Writes `step_dir/checksums.json` for every file under `step_dir`, durably (fsync), replacing any.
+  """Writes `step_dir/checksums.json` for every file under `step_dir`, complete or absent (`files.atomic_open`).
 
   Args:
     step_dir: a checkpoint step's directory whose files are all written.
@@ -37,14 +30,10 @@ def write_checksums(step_dir: str) -> None:
     for name in names:
       path = os.path.join(root, name)
       rel = os.path.relpath(path, step_dir)
-      if rel not in (CHECKSUMS, CHECKSUMS + ".tmp"):
-        files[rel] = {"size": os.path.getsize(path), "sha256": _sha256(path)}
-  target = os.path.join(step_dir, CHECKSUMS)
-  with open(target + ".tmp", "w") as f:
+      if not rel.startswith(CHECKSUMS):  # itself, or a temporary copy of it left by a kill
+        files[rel] = {"size": os.path.getsize(path), "sha256": files_lib.digest(path, "sha256")}
+  with files_lib.atomic_open(os.path.join(step_dir, CHECKSUMS)) as f:
     json.dump({"files": files, "sha256": _files_digest(files)}, f, indent=1, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(target + ".tmp", target)
 
 
 def has_checksums(step_dir: str) -> bool:
@@ -77,7 +66,7 @@ def verify(step_dir: str) -> str | None:
       size = os.path.getsize(path)
       if size != want["size"]:
         return f"{rel} is {size} bytes, {want['size']} when saved (truncated or extended)"
-      if _sha256(path) != want["sha256"]:
+      if files_lib.digest(path, "sha256") != want["sha256"]:
         return f"{rel} has changed since it was saved (SHA-256 differs)"
     except FileNotFoundError:
       return f"{rel} is missing"
