@@ -13,6 +13,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
@@ -49,6 +50,25 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
   elif os.environ.get("JAX_COORDINATOR_ADDRESS") or os.environ.get("DIFFUSION_JAX_DISTRIBUTED") == "1":
     jax.distributed.initialize(initialization_timeout=timeout_s, heartbeat_timeout_seconds=heartbeat_timeout_s,
                                shutdown_timeout_seconds=heartbeat_timeout_s)
+  else:
+    return
+  _compile_alike_on_cpu_hosts()
+
+
+def _compile_alike_on_cpu_hosts() -> None:
+  """Several CPU processes: no persistent compilation cache, so that every process compiles each program.
+
+  JAX writes that cache from process 0 only, and on CPU each process's programs have keys of their own, so with
+  a cache process 0 loads each program at once while the others compile it (15-20 s for the tiny UNet's train
+  step on 2 cores). Gloo, the CPU collectives, gives up on a collective whose peers are more than 30 s apart
+  (`Gloo context initialization failed: DEADLINE_EXCEEDED`), which that head start reaches on busy cores.
+  Compiling everywhere keeps the processes together. Accelerator collectives (NCCL, TPU ICI) wait longer.
+  """
+  if jax.process_count() > 1 and jax.default_backend() == "cpu" and jax.config.jax_enable_compilation_cache:
+    jax.config.update("jax_enable_compilation_cache", False)
+    logging.info("%d CPU processes: the persistent compilation cache is off (process 0 would skip compiling "
+                 "while the others compile, and gloo's collectives wait 30 s at most for a peer).",
+                 jax.process_count())
 
 
 def make_mesh() -> Mesh:
