@@ -26,7 +26,8 @@ def initialize_distributed(coordinator_address: str | None = None, num_processes
 
   With neither, nothing happens (one process), except on clusters JAX detects
   itself (TPU pods, SLURM, ...), where `DIFFUSION_JAX_DISTRIBUTED=1` asks for
-  auto-detection.
+  auto-detection. Several processes on CPU run without the persistent compilation cache (why:
+  `_compile_alike_on_cpu_hosts`).
 
   Args:
     coordinator_address: `host:port` of process 0.
