@@ -60,7 +60,7 @@ def test_a_silent_process_is_named_within_the_timeout_and_a_slow_or_stopped_one_
     else:
       assert rc0 == rc1 == 0, err0[-2000:] + err1[-2000:]
       assert "process 0 ran to the end" in out0 and "HostLost" not in err0 + err1
-    # The tests' cache (JAX_COMPILATION_CACHE_DIR) is off in CPU processes of a multi-process run: JAX reads and
-    # writes it in process 0 only, which then skips compiling and waits on gloo for more than its 30 s.
+    # The tests' cache (JAX_COMPILATION_CACHE_DIR) is off in CPU processes of a multi-process run: JAX writes it
+    # from process 0 only, so process 0 alone would load each program from it and wait on gloo past its 30 s.
     assert "persistent compilation cache: False" in out0, out0
   assert time.time() - started < 60  # the lost process ended its peer early, not at JAX's 120 s heartbeat
