@@ -65,12 +65,13 @@ def compile_seconds_and_flops(jitted: Any, *args: Any) -> tuple[Any, float, floa
   return compiled, seconds, float(cost.get("flops", float("nan")))
 
 
-def matmul_gflops(dtype: jnp.dtype = jnp.float32, n: int = 2048) -> float:
-  """The machine's measured dense matmul rate: GFLOP/s of an n x n x n product."""
+def matmul_gflops(dtype: jnp.dtype = jnp.float32, n: int = 2048, min_seconds: float = 1.0) -> float:
+  """The machine's measured dense matmul rate: GFLOP/s of an n x n x n product (median of 5 timings of
+  `min_seconds` each)."""
   a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   b = jax.random.normal(jax.random.key(1), (n, n), dtype)
   mm = jax.jit(jnp.matmul)
-  seconds = time_call(lambda: mm(a, b), repeats=5, min_seconds=1.0)
+  seconds = time_call(lambda: mm(a, b), repeats=5, min_seconds=min_seconds)
   return 2 * n**3 / seconds / 1e9
 
 

@@ -40,53 +40,66 @@ from diffusion_jax import sampling, schedules  # noqa: E402
 from diffusion_jax.run import data, experiment
 
 
-def torch_side(ch: int, batch: int, sample_steps: int, dtype: str) -> dict:
-  """diffusers' DDPM UNet: `train()` is one Adam step, `sample()` is `sample_steps` scheduler steps (under CPU
-  autocast to bfloat16 for `dtype` bfloat16)."""
+def torch_side(workload: dict, batch: int, sample_steps: int, dtype: str, device: str = "cpu",
+               compile_mode: str | None = None) -> dict:
+  """diffusers' DDPM UNet of `workload`'s layout (`train_throughput.WORKLOADS`): `train()` is one Adam step
+  (returning the loss tensor, not synchronised), `sample()` is `sample_steps` scheduler steps, under autocast to
+  bfloat16 for `dtype` bfloat16, on `device`; `compile_mode`: the model `torch.compile`d with this mode
+  ("default", "max-autotune", ...; "aot_eager": that backend, which needs no C++ compiler), None: eager."""
   import torch
   from diffusers import DDPMScheduler, UNet2DModel
 
-  autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16")
+  autocast = lambda: torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
   torch.manual_seed(0)
   torch.set_num_threads(os.cpu_count() or 1)
+  ch, size = workload["ch"], workload["size"]
+  attn = [size // 2**i in workload["attn"] for i in range(len(workload["ch_mult"]))]
   model = UNet2DModel(
-      sample_size=32, in_channels=3, out_channels=3, layers_per_block=2,
-      block_out_channels=(ch, 2 * ch, 2 * ch, 2 * ch),
-      down_block_types=("DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"),
-      up_block_types=("UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
-      dropout=0.1, norm_num_groups=32)
+      sample_size=size, in_channels=3, out_channels=3, layers_per_block=workload["num_res_blocks"],
+      block_out_channels=tuple(ch * m for m in workload["ch_mult"]),
+      down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
+      up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
+      dropout=0.1, norm_num_groups=workload["num_groups"]).to(device)
   n_params = sum(p.numel() for p in model.parameters())
+  net = model
+  if compile_mode == "aot_eager":
+    net = torch.compile(model, backend="aot_eager")
+  elif compile_mode is not None:
+    net = torch.compile(model, mode=compile_mode)
   scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="linear", variance_type="fixed_large",
                             clip_sample=True)
   scheduler.set_timesteps(1000)
   opt = torch.optim.Adam(model.parameters(), lr=2e-4)
-  x0 = torch.rand(batch, 3, 32, 32) * 2 - 1
+  x0 = torch.rand(batch, 3, size, size, device=device) * 2 - 1
+  alpha_bar = scheduler.alphas_cumprod.to(device)
 
   def train_step():
     model.train()
     noise = torch.randn_like(x0)
-    t = torch.randint(0, 1000, (batch,))
+    t = torch.randint(0, 1000, (batch,), device=device)
+    a = alpha_bar[t].view(-1, 1, 1, 1)
     with autocast():
-      out = model(scheduler.add_noise(x0, noise, t), t).sample
+      out = net(a.sqrt() * x0 + (1 - a).sqrt() * noise, t).sample
     loss = torch.nn.functional.mse_loss(out.float(), noise)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
-    return loss.item()
+    return loss
 
   def sample():
     model.eval()
     with torch.no_grad():
-      x = torch.randn(batch, 3, 32, 32)
+      x = torch.randn(batch, 3, size, size, device=device)
       for t in scheduler.timesteps[:sample_steps]:
         with autocast():
-          out = model(x, t).sample
+          out = net(x, t).sample
         x = scheduler.step(out.float(), t, x).prev_sample
     return x
 
   mode = ", bfloat16 autocast" if dtype == "bfloat16" else ""
+  mode += f", torch.compile {compile_mode}" if compile_mode else ""
   return {"name": f"diffusers UNet2DModel + DDPMScheduler (torch {torch.__version__}{mode})", "params": n_params,
           "train": train_step, "steps_per_call": 1, "sample": sample}
 
@@ -95,7 +108,8 @@ def our_side(workload: str, batch: int, sample_steps: int, steps_per_call: int, 
   """`step.train_step` (compiled) and the first `sample_steps` steps of the 1000-step scan sampler."""
   step = train_throughput.prepare(workload, batch, dtype, steps_per_call)
   c = train_throughput.workload_config(workload, batch, dtype, 1)
-  info = data.DatasetInfo("cifar10-shaped", (32, 32, 3), None, True)
+  size = train_throughput.WORKLOADS[workload]["size"]
+  info = data.DatasetInfo("cifar10-shaped", (size, size, 3), None, True)
   c.model.dropout = 0.0
   model = experiment.build_model(c, info)
   params = common.jit(functools.partial(experiment.init_state, model, experiment.build_optimizer(c), info))(
@@ -104,7 +118,7 @@ def our_side(workload: str, batch: int, sample_steps: int, steps_per_call: int, 
   # The first `sample_steps` steps of the 1000-step chain, as one scan (the full chain is the same program).
   sub = jax.tree.map(lambda b: b[1000 - sample_steps:], sched)
   run = common.jit(lambda p, s, k: sampling.ancestral_sample(
-      s, model_fn=lambda x, t: model.apply({"params": p}, x, t), shape=(batch, 32, 32, 3), key=k,
+      s, model_fn=lambda x, t: model.apply({"params": p}, x, t), shape=(batch, size, size, 3), key=k,
       model_var_type="fixed_large"))
   compiled, _, _ = common.compile_seconds_and_flops(run, params, sub, jax.random.key(1))
   per_call = f", {steps_per_call} steps per call" if steps_per_call > 1 else ""
@@ -138,10 +152,9 @@ def main() -> None:
   out = args.out or f"benchmarks/results/peers_{args.workload}.json"
   os.makedirs(os.path.dirname(out), exist_ok=True)
   batch = args.batch or train_throughput.WORKLOADS[args.workload]["batch"]
-  ch = train_throughput.WORKLOADS[args.workload]["ch"]
   matmul = common.matmul_gflops()
   sides = [our_side(args.workload, batch, args.sample_steps, args.steps_per_call, args.dtype),
-           torch_side(ch, batch, args.sample_steps, args.dtype)]
+           torch_side(train_throughput.WORKLOADS[args.workload], batch, args.sample_steps, args.dtype)]
   for side in sides:  # warm-up
     side["train"]()
     side["sample"]()

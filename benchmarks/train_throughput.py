@@ -5,7 +5,8 @@
 
 Workloads (issue 6): `cpu` is the DDPM UNet at ch 64, ch_mult (1, 2, 2, 2), 2 res
 blocks, attention at 16, dropout 0.1, 32x32x3, batch 16, T = 1000 linear, eps-MSE,
-Adam 2e-4; `paper` is the exact CIFAR-10 model (35.7M parameters) at batch 128.
+Adam 2e-4; `paper` is the exact CIFAR-10 model (35.7M parameters) at batch 128;
+`toy` is a 16x16 UNet of two levels for dry runs.
 Reports images/s of full optimizer steps after warm-up (median of `repeats`), the
 FLOPs of one step from XLA's cost analysis, achieved GFLOP/s and that as a fraction
 of the machine's float32 matmul rate measured in the same run; compile time apart.
@@ -35,18 +36,20 @@ from diffusion_jax.run import config as config_lib  # noqa: E402
 from diffusion_jax.run import data, experiment, parallel
 from diffusion_jax.run import step as step_lib  # noqa: E402
 
+# `paper` is the DDPM CIFAR-10 model (GroupNorm of 32 groups, as configs/cifar10.py); `toy` compiles in seconds on
+# a CPU (the accelerator check's dry run, benchmarks/device/).
 WORKLOADS = {
-    "cpu": dict(ch=64, batch=16),
-    "paper": dict(ch=128, batch=128),
+    "toy": dict(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn=(8,), num_groups=8, size=16, batch=4),
+    "cpu": dict(ch=64, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn=(16,), num_groups=8, size=32, batch=16),
+    "paper": dict(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn=(16,), num_groups=32, size=32, batch=128),
 }
 
 
 def workload_config(name: str, batch: int | None, dtype: str, steps_per_call: int):
   c = default.get_config()
-  c.model.ch = WORKLOADS[name]["ch"]
-  c.model.ch_mult = (1, 2, 2, 2)
-  c.model.num_res_blocks = 2
-  c.model.attn_resolutions = (16,)
+  w = WORKLOADS[name]
+  c.model.ch, c.model.ch_mult, c.model.num_res_blocks = w["ch"], w["ch_mult"], w["num_res_blocks"]
+  c.model.attn_resolutions, c.model.num_groups = w["attn"], w["num_groups"]
   c.model.dropout = 0.1
   c.training.global_batch_size = batch or WORKLOADS[name]["batch"]
   c.training.learning_rate = 2e-4
@@ -59,7 +62,8 @@ def workload_config(name: str, batch: int | None, dtype: str, steps_per_call: in
 def prepare(name: str, batch: int | None, dtype: str, steps_per_call: int) -> dict:
   """The workload's compiled train step, ready to run: `run()` does one call (`steps_per_call` steps)."""
   c = workload_config(name, batch, dtype, steps_per_call)
-  info = data.DatasetInfo("cifar10-shaped", (32, 32, 3), None, True)
+  size = WORKLOADS[name]["size"]
+  info = data.DatasetInfo("cifar10-shaped", (size, size, 3), None, True)
   model = experiment.build_model(c, info)
   tx = experiment.build_optimizer(c)
   mesh = parallel.make_mesh()
@@ -68,7 +72,7 @@ def prepare(name: str, batch: int | None, dtype: str, steps_per_call: int) -> di
                      out_shardings=parallel.replicated(mesh))(jax.random.key(0))
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   B = c.training.global_batch_size
-  shape = (steps_per_call, B, 32, 32, 3)
+  shape = (steps_per_call, B, size, size, 3)
   batch_arrays = {"x": jax.device_put(np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8),
                                       parallel.batch_sharding(mesh, 1))}
   cfg = step_lib.StepConfig(0, "eps", "fixed_large", 0.9999, False)
@@ -81,7 +85,10 @@ def prepare(name: str, batch: int | None, dtype: str, steps_per_call: int) -> di
     holder[0], metrics = compiled(holder[0], batch_arrays, schedule)
     return metrics
 
-  return {"run": run, "params": int(n_params), "batch": B, "flops": flops, "compile_s": compile_s}
+  memory = compiled.memory_analysis()
+  peak = memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes
+  return {"run": run, "params": int(n_params), "batch": B, "flops": flops, "compile_s": compile_s,
+          "peak_bytes": int(peak)}
 
 
 def row(name: str, dtype: str, steps_per_call: int, p: dict, seconds: float, matmul: float) -> dict:

@@ -1,5 +1,8 @@
 """One persistent XLA compilation cache for the whole session: the many runs of the same tiny
-programs (in-process and in main.py subprocesses, which inherit the environment) compile once."""
+programs (in-process and in main.py subprocesses, which inherit the environment) compile once.
+
+On an accelerator, matmuls and convolutions run at full float32 precision (XLA's default on GPUs is TF32, whose
+10-bit mantissa is far from the float64 references), and the tests marked `cpu_only` are skipped."""
 
 import json
 import os
@@ -13,6 +16,17 @@ _CACHE = os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(pre
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 jax.config.update("jax_compilation_cache_dir", _CACHE)
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+if jax.default_backend() != "cpu":
+  jax.config.update("jax_default_matmul_precision", "highest")
+
+
+def pytest_collection_modifyitems(config, items):
+  if jax.default_backend() == "cpu":
+    return
+  skip = pytest.mark.skip(reason=f"a property of XLA:CPU; this session runs on {jax.default_backend()}")
+  for item in items:
+    if "cpu_only" in item.keywords:
+      item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

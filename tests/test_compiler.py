@@ -8,8 +8,8 @@ import pytest
 from diffusion_jax.models.unet import UNet
 from diffusion_jax.run import compiler
 
-pytestmark = pytest.mark.skipif(compiler.compiler_options() is None,
-                                reason="no library options for this backend or jaxlib")
+pytestmark = [pytest.mark.cpu_only, pytest.mark.skipif(compiler.compiler_options() is None,
+                                                       reason="no library options for this jaxlib")]
 
 
 def _conv_and_reductions(x, w):

@@ -64,7 +64,7 @@ def test_steps_per_call_trains_the_same_model(reference_run, tmp_path):
   chex.assert_trees_all_close(state, reference, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.skipif(jax.default_backend() != "cpu", reason="an XLA:CPU property")
+@pytest.mark.cpu_only
 @pytest.mark.parametrize("k", [1, 2])
 def test_steps_per_call_compile_to_xla_cpus_convolution_kernels(k, reference_run):
   """Inside a while loop XLA:CPU would leave the weight-gradient convolutions in a layout that only its
