@@ -65,6 +65,12 @@ def compile_seconds_and_flops(jitted: Any, *args: Any) -> tuple[Any, float, floa
   return compiled, seconds, float(cost.get("flops", float("nan")))
 
 
+def peak_bytes(compiled: Any) -> int:
+  """Bytes XLA's buffer assignment gives a compiled program: its arguments, outputs and temporaries."""
+  m = compiled.memory_analysis()
+  return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes)
+
+
 def matmul_gflops(dtype: jnp.dtype = jnp.float32, n: int = 2048, min_seconds: float = 1.0) -> float:
   """The machine's measured dense matmul rate: GFLOP/s of an n x n x n product (median of 5 timings of
   `min_seconds` each)."""

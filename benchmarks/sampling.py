@@ -37,11 +37,6 @@ MODELS = {
 }
 
 
-def peak_bytes(compiled) -> int:
-  m = compiled.memory_analysis()
-  return int(m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes)
-
-
 def bench(name: str, full: bool) -> list[dict]:
   model, shape = MODELS[name]
   x = jax.random.normal(jax.random.key(0), shape)
@@ -87,7 +82,7 @@ def bench(name: str, full: bool) -> list[dict]:
     row = {
         "model": name, "batch_shape": "x".join(map(str, shape)), "T": T, "forward_s": forward_s,
         "compile_s": compile_s, "run_s": run_s, "per_step_s": run_s / T,
-        "step_over_forward": run_s / T / forward_s, "peak_mib": peak_bytes(compiled) / 2**20,
+        "step_over_forward": run_s / T / forward_s, "peak_mib": common.peak_bytes(compiled) / 2**20,
         "python_loop_s": loop_s if loop_s is not None else "", "scan_speedup": loop_s / run_s if loop_s else "",
         "extrapolated": extrapolated,
     }
@@ -118,7 +113,7 @@ def bench_solvers(name: str, steps: list[int]) -> list[dict]:
       run_s = common.time_call(lambda: compiled(*args), repeats=3, min_seconds=0.0)
       row = {"model": name, "batch_shape": "x".join(map(str, shape)), "sampler": sampler,
              "order": order or "", "calls": n, "compile_s": compile_s, "s_per_batch": run_s,
-             "peak_mib": peak_bytes(compiled) / 2**20}
+             "peak_mib": common.peak_bytes(compiled) / 2**20}
       print(row, flush=True)
       rows.append(row)
   return rows

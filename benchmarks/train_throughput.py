@@ -85,10 +85,8 @@ def prepare(name: str, batch: int | None, dtype: str, steps_per_call: int) -> di
     holder[0], metrics = compiled(holder[0], batch_arrays, schedule)
     return metrics
 
-  memory = compiled.memory_analysis()
-  peak = memory.argument_size_in_bytes + memory.output_size_in_bytes + memory.temp_size_in_bytes
   return {"run": run, "params": int(n_params), "batch": B, "flops": flops, "compile_s": compile_s,
-          "peak_bytes": int(peak)}
+          "peak_bytes": common.peak_bytes(compiled)}
 
 
 def row(name: str, dtype: str, steps_per_call: int, p: dict, seconds: float, matmul: float) -> dict:

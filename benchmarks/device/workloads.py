@@ -39,12 +39,6 @@ SIZES = {
 }
 
 
-def peak_memory_bytes(compiled: Any) -> int:
-  """Bytes XLA's buffer assignment gives a compiled program: its arguments, outputs and temporaries."""
-  m = compiled.memory_analysis()
-  return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes)
-
-
 def seconds_per_call(fn: Callable[[], Any], calls: int, sync: Callable[[Any], Any]) -> float:
   """Mean wall seconds of `calls` calls of `fn` issued back to back, after one warm-up call; `sync(result)` waits for
   the device to finish."""
@@ -145,4 +139,4 @@ def inception_rows(size: str, emit: Emit) -> None:
   batch_s = seconds_per_call(lambda: compiled(params["params"], images), batches, common.block)
   emit({"stage": "inception", "impl": "diffusion_jax", "dtype": "float32", "images": batches * s["inception_batch"],
         "batch": s["inception_batch"], "images_per_s": s["inception_batch"] / batch_s, "compile_s": compile_s,
-        "flops_per_image": flops / s["inception_batch"], "peak_bytes": peak_memory_bytes(compiled)})
+        "flops_per_image": flops / s["inception_batch"], "peak_bytes": common.peak_bytes(compiled)})
