@@ -37,7 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import common  # noqa: E402
 import train_throughput  # noqa: E402
 from diffusion_jax import sampling, schedules  # noqa: E402
-from diffusion_jax.run import data, experiment
+from diffusion_jax.run import experiment
 
 
 def torch_side(workload: dict, batch: int, sample_steps: int, dtype: str, device: str = "cpu",
@@ -108,8 +108,7 @@ def our_side(workload: str, batch: int, sample_steps: int, steps_per_call: int, 
   """`step.train_step` (compiled) and the first `sample_steps` steps of the 1000-step scan sampler."""
   step = train_throughput.prepare(workload, batch, dtype, steps_per_call)
   c = train_throughput.workload_config(workload, batch, dtype, 1)
-  size = train_throughput.WORKLOADS[workload]["size"]
-  info = data.DatasetInfo("cifar10-shaped", (size, size, 3), None, True)
+  info = train_throughput.dataset_info(workload)
   c.model.dropout = 0.0
   model = experiment.build_model(c, info)
   params = common.jit(functools.partial(experiment.init_state, model, experiment.build_optimizer(c), info))(
@@ -118,7 +117,7 @@ def our_side(workload: str, batch: int, sample_steps: int, steps_per_call: int, 
   # The first `sample_steps` steps of the 1000-step chain, as one scan (the full chain is the same program).
   sub = jax.tree.map(lambda b: b[1000 - sample_steps:], sched)
   run = common.jit(lambda p, s, k: sampling.ancestral_sample(
-      s, model_fn=lambda x, t: model.apply({"params": p}, x, t), shape=(batch, size, size, 3), key=k,
+      s, model_fn=lambda x, t: model.apply({"params": p}, x, t), shape=(batch, *info.shape), key=k,
       model_var_type="fixed_large"))
   compiled, _, _ = common.compile_seconds_and_flops(run, params, sub, jax.random.key(1))
   per_call = f", {steps_per_call} steps per call" if steps_per_call > 1 else ""

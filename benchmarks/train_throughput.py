@@ -59,11 +59,16 @@ def workload_config(name: str, batch: int | None, dtype: str, steps_per_call: in
   return c
 
 
+def dataset_info(name: str) -> data.DatasetInfo:
+  """The workload's data: unlabelled RGB images of its size."""
+  size = WORKLOADS[name]["size"]
+  return data.DatasetInfo("cifar10-shaped", (size, size, 3), None, True)
+
+
 def prepare(name: str, batch: int | None, dtype: str, steps_per_call: int) -> dict:
   """The workload's compiled train step, ready to run: `run()` does one call (`steps_per_call` steps)."""
   c = workload_config(name, batch, dtype, steps_per_call)
-  size = WORKLOADS[name]["size"]
-  info = data.DatasetInfo("cifar10-shaped", (size, size, 3), None, True)
+  info = dataset_info(name)
   model = experiment.build_model(c, info)
   tx = experiment.build_optimizer(c)
   mesh = parallel.make_mesh()
@@ -72,7 +77,7 @@ def prepare(name: str, batch: int | None, dtype: str, steps_per_call: int) -> di
                      out_shardings=parallel.replicated(mesh))(jax.random.key(0))
   n_params = sum(x.size for x in jax.tree.leaves(state.params))
   B = c.training.global_batch_size
-  shape = (steps_per_call, B, size, size, 3)
+  shape = (steps_per_call, B, *info.shape)
   batch_arrays = {"x": jax.device_put(np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8),
                                       parallel.batch_sharding(mesh, 1))}
   cfg = step_lib.StepConfig(0, "eps", "fixed_large", 0.9999, False)

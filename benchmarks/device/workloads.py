@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import common  # noqa: E402
 import train_throughput  # noqa: E402
 from diffusion_jax.metrics import inception  # noqa: E402
-from diffusion_jax.run import data, experiment, sampler  # noqa: E402
+from diffusion_jax.run import experiment, sampler  # noqa: E402
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -76,16 +76,17 @@ def torch_train_rows(size: str, modes: list[str], emit: Emit) -> None:
       for batch in s["train_batches"]:
         if device == "cuda":
           torch.cuda.reset_peak_memory_stats()
+        compile_mode = None if mode == "eager" else mode
         start = time.perf_counter()
         side = peers.torch_side(train_throughput.WORKLOADS[s["workload"]], batch, 1, dtype, device=device,
-                                compile_mode=None if mode == "eager" else mode)
+                                compile_mode=compile_mode)
         sync(side["train"]())  # the first call compiles under torch.compile
         first_s = time.perf_counter() - start
         step_s = seconds_per_call(side["train"], s["timed_steps"], sync)
-        emit({"stage": "train", "impl": side["name"], "mode": "eager" if mode == "eager" else "torch.compile",
-              "compile_mode": None if mode == "eager" else mode, "dtype": dtype, "batch": batch,
+        emit({"stage": "train", "impl": side["name"], "mode": "torch.compile" if compile_mode else "eager",
+              "compile_mode": compile_mode, "dtype": dtype, "batch": batch,
               "params": side["params"], "images_per_s": batch / step_s, "step_s": step_s,
-              "compile_s": first_s if mode != "eager" else None,
+              "compile_s": first_s if compile_mode else None,
               "peak_bytes": torch.cuda.max_memory_allocated() if device == "cuda" else None})
         del side
 
@@ -97,8 +98,7 @@ def _experiment(size: str, dtype: str, **sampling: Any) -> experiment.Experiment
   c.model.dropout = 0.0
   for k, v in sampling.items():
     c.sampling[k] = v
-  side = train_throughput.WORKLOADS[s["workload"]]["size"]
-  return experiment.build(c, info=data.DatasetInfo("cifar10-shaped", (side, side, 3), None, True))
+  return experiment.build(c, info=train_throughput.dataset_info(s["workload"]))
 
 
 def sampling_rows(size: str, emit: Emit) -> None:
@@ -131,12 +131,11 @@ def inception_rows(size: str, emit: Emit) -> None:
   parameters are a random initialisation of the same network: the time does not depend on their values."""
   s = SIZES[size]
   net = inception.InceptionV3()
-  params = jax.jit(net.init)(jax.random.key(0), np.zeros((1, inception.SIZE, inception.SIZE, 3), np.float32))
+  params = jax.jit(net.init)(jax.random.key(0), np.zeros((1, inception.SIZE, inception.SIZE, 3), np.float32))["params"]
   images = np.random.default_rng(0).integers(0, 256, (s["inception_batch"], 32, 32, 3), np.uint8)
-  compiled, compile_s, flops = common.compile_seconds_and_flops(jax.jit(inception.features), params["params"],
-                                                                images)
+  compiled, compile_s, flops = common.compile_seconds_and_flops(jax.jit(inception.features), params, images)
   batches = s["inception_images"] // s["inception_batch"]
-  batch_s = seconds_per_call(lambda: compiled(params["params"], images), batches, common.block)
+  batch_s = seconds_per_call(lambda: compiled(params, images), batches, common.block)
   emit({"stage": "inception", "impl": "diffusion_jax", "dtype": "float32", "images": batches * s["inception_batch"],
         "batch": s["inception_batch"], "images_per_s": s["inception_batch"] / batch_s, "compile_s": compile_s,
         "flops_per_image": flops / s["inception_batch"], "peak_bytes": common.peak_bytes(compiled)})
