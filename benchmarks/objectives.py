@@ -4,11 +4,11 @@
     python benchmarks/objectives.py --runs eps,eps-min_snr --steps 1000 --every 250
 
 Every run is the digits job as it was before this benchmark chose its objective (configs/digits.py with `BEFORE`:
-uniform weighting, dropout 0.1, learning rate 1e-3, EMA decay 0.999) with one objective: the loss weighting
-(`uniform`, `min_snr` with gamma 5, `p2` with k = gamma = 1), the parameterisation (eps or v) and, for v, zero
-terminal SNR. Each scores `--quality_samples` EMA samples (the job's sampler: 1000-step ancestral) every `--every`
-steps with the job's quality metric: dataset FID and confident share of the digits classifier, each with its
-bootstrap spread, beside the real test digits'.
+uniform weighting, dropout 0.1, learning rate 1e-3, EMA decay 0.999, the 1000-step ancestral sampler) with one
+objective: the loss weighting (`uniform`, `min_snr` with gamma 5, `p2` with k = gamma = 1), the parameterisation
+(eps or v) and, for v, zero terminal SNR. Each scores `--quality_samples` EMA samples every `--every` steps with the
+job's quality metric: dataset FID and confident share of the digits classifier, each with its bootstrap spread,
+beside the real test digits'.
 Prints a table, writes it as JSON and `<out>.png` (each figure against steps, a line per run, real data dashed):
 per run its final figures and the steps it needs to reach the first run's final figure (linear between
 evaluations; the first run is the reference, uniform eps by default), and that speed-up.
@@ -31,9 +31,11 @@ from configs import digits  # noqa: E402
 from diffusion_jax.run import config as config_lib  # noqa: E402
 from diffusion_jax.run import images, train  # noqa: E402
 
-# configs/digits.py's objective before issue 26 tuned it (README "Training objectives"): what the runs vary from
+# configs/digits.py's objective and sampler before issue 26 tuned them (README "Training objectives"): what the runs
+# vary from, and how they are scored (zero terminal SNR cannot start Heun at sigma = infinity)
 BEFORE = {"training.loss_weighting": "uniform", "model.dropout": 0.1, "training.learning_rate": 1e-3,
-          "training.ema_decay": 0.999}
+          "training.ema_decay": 0.999, "sampling.sampler": "ancestral", "sampling.num_steps": None,
+          "sampling.churn": 0.0}
 V = {"diffusion.model_mean_type": "v"}
 ZTSNR = {**V, "diffusion.rescale_zero_terminal_snr": True}
 RUNS = {

@@ -36,4 +36,7 @@ def get_config():
   c.model.dropout = 0.1
   c.training.learning_rate = 1e-3
   c.training.ema_decay = 0.999
+  c.sampling.sampler = "ancestral"  # 1000 steps
+  c.sampling.num_steps = None
+  c.sampling.churn = 0.0
   return c

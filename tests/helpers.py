@@ -14,13 +14,14 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = open(os.path.join(ROOT, "README.md")).read()
-# What README's main.py commands get appended in the tests: a few steps, T = 50, no quality figure (its own tests
-# score a trained model: test_metrics_quality.py).
+# What README's main.py commands get appended in the tests: a few steps, T = 50, 21 network calls a sample, no quality
+# figure (its own tests score a trained model: test_metrics_quality.py).
 SMALL_MAIN = ["--config.training.num_train_steps=20", "--config.training.warmup_steps=5",
               "--config.training.log_every_steps=10", "--config.training.checkpoint_every_steps=20",
               "--config.training.sample_every_steps=20", "--config.diffusion.num_diffusion_steps=50",
-              "--config.sampling.preview_samples=16", "--config.eval.num_examples=100",
-              "--config.eval.quality_samples=0", "--config.eval.quality_every_steps=0"]
+              "--config.sampling.num_steps=21", "--config.sampling.preview_samples=16",
+              "--config.eval.num_examples=100", "--config.eval.quality_samples=0",
+              "--config.eval.quality_every_steps=0"]
 
 
 def readme_blocks(lang: str) -> list[str]:

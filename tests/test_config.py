@@ -1,7 +1,10 @@
 """Config validation, the reach of the config (every knob of the library), and unknown-key messages."""
 
+import argparse
 import importlib
+import os
 import pathlib
+import sys
 
 import numpy as np
 import pytest
@@ -12,6 +15,9 @@ from diffusion_jax import schedules
 from diffusion_jax.run import config as config_lib
 from diffusion_jax.run import data, experiment
 from helpers import tiny_config
+
+sys.path.insert(0, os.path.join(helpers.ROOT, "benchmarks"))
+import objectives  # noqa: E402  (benchmarks/objectives.py)
 
 
 def test_every_schedule_argument_is_a_config_key():
@@ -175,3 +181,13 @@ def test_every_config_file_builds_its_model(data_dir):
     shape = shapes.get(name, (256, 256, 3))
     info = data.DatasetInfo(name, shape, 10 if name in ("cifar10", "mnist", "digits") else None, name != "swiss_roll")
     experiment.build(c, info=info)
+
+
+def test_every_run_of_the_objectives_benchmark_is_a_valid_config(data_dir):
+  """benchmarks/objectives.py's runs are configs/digits.py with its objective before issue 26 and one change each;
+  those with zero terminal SNR must still be sampled by a sampler that starts at t = T."""
+  args = argparse.Namespace(steps=100, every=50, quality_samples=297, data_dir=data_dir)
+  for name, overrides in objectives.RUNS.items():
+    c = objectives.run_config(overrides, args)
+    config_lib.validate_config(c)
+    assert c.sampling.sampler == "ancestral" and c.sampling.num_steps is None, name

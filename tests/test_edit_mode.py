@@ -85,14 +85,17 @@ def test_inpainting_keeps_the_known_pixels_with_repaint_and_with_ddim(workdir, d
 
 @pytest.mark.slow
 def test_sdedit_and_inversion_on_the_command_line(workdir, data_dir):
-  """SDEdit from step 1 stays within a few levels of its input, from step 49 (T - 1) it does not; DDIM inversion
-  and decoding (heun is the config's sampler: inversion is DDIM's) returns the input to within a few levels."""
+  """SDEdit from step 1 stays within a few levels of its input, from step 49 (T - 1) it does not, and its progress
+  counts Heun's steps to the end (from step 1: 2 of the 5 steps, 3 calls); DDIM inversion and decoding (heun is the
+  config's sampler: inversion is DDIM's) returns the input to within a few levels."""
   x, _ = _inputs(workdir, data_dir)
   errors = {}
-  for start in (1, 49):
-    helpers.run_main("tiny.py", workdir, f"--config.data.data_dir={data_dir}", "--config.edit.task=sdedit",
-                     f"--config.edit.start={start}", "--config.sampling.sampler=heun",
-                     "--config.sampling.num_steps=9", mode="edit")
+  for start, steps, calls in ((1, 2, 3), (49, 5, 9)):
+    proc = helpers.run_main("tiny.py", workdir, f"--config.data.data_dir={data_dir}", "--config.edit.task=sdedit",
+                            f"--config.edit.start={start}", "--config.sampling.sampler=heun",
+                            "--config.sampling.num_steps=9", mode="edit")
+    assert re.search(rf"edit sdedit \(8 images, {calls} network calls each\): {steps}/{steps} steps \(100%\)",
+                     proc.stderr), proc.stderr[-2000:]
     with np.load(os.path.join(workdir, "edit_sdedit_00000004.npz")) as f:
       errors[start] = np.abs(f["images"].astype(int) - x).mean()
   assert errors[1] < 12 < 60 < errors[49], errors

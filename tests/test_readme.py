@@ -163,12 +163,12 @@ def test_first_run_prepares_digits_and_reports_progress(fresh_run):
   assert "Prepared the built-in digits dataset" in out
   assert "Compiling the train step" in out
   assert re.search(r"step 20/20 .* ETA 0:00:00", out)
-  assert re.search(r"preview samples at step 20 \(\d+ samples, 50 steps each\): \d+/\d+ steps \(100%\), .* ETA 0:00:00",
+  assert re.search(r"preview samples at step 20 \(\d+ samples, 11 steps each\): \d+/\d+ steps \(100%\), .* ETA 0:00:00",
                    out)
   assert "points/s" not in out and "images/s" in out
 
 
 @pytest.mark.slow
 def test_sample_and_eval_report_progress_inside_the_compiled_loops(fresh_run):
-  assert re.search(r"sampling \(256 samples, 50 steps each\): 200/200 steps \(100%\)", fresh_run["sample"].stderr)
+  assert re.search(r"sampling \(256 samples, 11 steps each\): 44/44 steps \(100%\)", fresh_run["sample"].stderr)
   assert re.search(r"eval bits/dim on test: 50/50 timesteps of a batch \(100%\)", fresh_run["eval"].stderr)

@@ -142,7 +142,7 @@ def make_editor(exp: Experiment, batch_size: int, progress: Progress) -> tuple[A
     return jitted, steps, len(moves), int((moves < 0).sum())
   if ec.task == "invert":  # the progress follows the inversion
     return jitted, steps, len(timesteps), 2 * len(timesteps)
-  return jitted, steps, sampler.sampling_steps(config), sampler.sampling_steps(config)
+  return jitted, steps, len(timesteps), sampler.network_calls(config, timesteps)
 
 
 def invert_spacing(config: ml_collections.ConfigDict) -> str:

@@ -50,6 +50,13 @@ def sampling_timesteps(exp: Experiment, start: int | None = None) -> np.ndarray:
   return editing.sdedit_timesteps(exp.betas, start=start, num_steps=min(n, start + 1), spacing=spacing(exp.config))
 
 
+def network_calls(config: ml_collections.ConfigDict, timesteps: np.ndarray) -> int:
+  """Network calls per sample of `config.sampling` on `timesteps`: one a step; Heun two a step but the last, at most
+  `num_steps`."""
+  n = len(timesteps)
+  return min(sampling_steps(config), 2 * n - 1) if config.sampling.sampler == "heun" else n
+
+
 def sampler_steps(exp: Experiment, timesteps: np.ndarray) -> Steps:
   """What the sampler of `config.sampling` steps through on `timesteps`, built on the host."""
   sc = exp.config.sampling
@@ -58,7 +65,7 @@ def sampler_steps(exp: Experiment, timesteps: np.ndarray) -> Steps:
   if sc.sampler in solvers.SOLVERS:
     return solvers.solver_table(exp.betas, timesteps=timesteps, solver=sc.sampler, order=sc.order)
   if sc.sampler in karras.SAMPLERS:
-    calls = min(sampling_steps(exp.config), 2 * len(timesteps) - 1) if sc.sampler == "heun" else None
+    calls = network_calls(exp.config, timesteps) if sc.sampler == "heun" else None
     return karras.karras_table(exp.betas, timesteps=timesteps, sampler=sc.sampler, calls=calls, churn=sc.churn,
                                churn_sigma_min=sc.churn_sigma_min,
                                churn_sigma_max=float("inf") if sc.churn_sigma_max is None else sc.churn_sigma_max,
@@ -175,7 +182,7 @@ class Sampler:
     """Compiles (on first use) the sampler of `exp.config.sampling` for batches of `batch_size` (and guidance w)."""
     data.check_batch_divisibility(batch_size, "batch_size")
     self.batch_size = batch_size
-    self.steps = sampling_steps(exp.config)
+    self.steps = len(sampling_timesteps(exp))  # the compiled chain's steps, which its progress counts
     self.labels = exp.labels
     self.progress = Progress()
     self._draw = make_sampler(exp, batch_size, self.progress, guidance_scale)
