@@ -50,6 +50,16 @@ def test_main_samples_from_an_earlier_workdir(tmp_path, data_dir, reference):
   assert diff.max() <= 1  # a level at most, where float rounding crosses a boundary
 
 
+def test_samples_are_in_the_data_range_also_without_clipping_x0():
+  """With `sampling.clip_denoised = False` Heun's chain on this barely trained model leaves [-1, 1] far behind;
+  `sample` returns its last state clipped there (as every stored image is), and the flag still changes the chain."""
+  heun = {"sampling.sampler": "heun", "sampling.num_steps": 9, "sampling.churn": 0.0}
+  unclipped = trained.load(FIXTURE, **heun, **{"sampling.clip_denoised": False}).sample(8, jax.random.key(0))
+  clipped = trained.load(FIXTURE, **heun).sample(8, jax.random.key(0))
+  assert np.abs(unclipped).max() <= 1.0 and (np.abs(unclipped) == 1.0).mean() > 0.1
+  assert np.abs(unclipped - clipped).max() > 0.01
+
+
 def test_a_directory_that_is_not_a_workdir_is_named(tmp_path):
   with pytest.raises(FileNotFoundError, match="is not a workdir of main.py --mode train"):
     trained.load(str(tmp_path))

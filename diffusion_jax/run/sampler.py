@@ -128,8 +128,9 @@ def make_sampler(exp: Experiment, batch_size: int, progress: ProgressFn | None =
     guidance_scale: a class-conditional model's w; `sampling.guidance_scale` when None.
 
   Returns:
-    The sampler; samples are in [-1, 1] for images (clipped x_0 predictions) or points. A
-    class-conditional model's sampler takes int labels of shape `(batch_size,)`.
+    The sampler; samples are images in [-1, 1] (the chain's last state clipped to the data's range, whatever
+    `sampling.clip_denoised` did to the x_0 predictions on the way) or points. A class-conditional model's sampler
+    takes int labels of shape `(batch_size,)`.
   """
   sharding = parallel.batch_sharding(exp.mesh)
   shape = (batch_size, *exp.info.shape)
@@ -138,8 +139,9 @@ def make_sampler(exp: Experiment, batch_size: int, progress: ProgressFn | None =
   w = exp.config.sampling.guidance_scale if guidance_scale is None else guidance_scale
 
   def draw(params: Any, steps: Steps, key: jax.Array, labels: jax.Array | None) -> jax.Array:
-    return run_sampler(exp, steps, guided_model_fn(exp, params, labels, w), shape=shape, key=key, timesteps=timesteps,
-                       progress=progress)
+    out = run_sampler(exp, steps, guided_model_fn(exp, params, labels, w), shape=shape, key=key, timesteps=timesteps,
+                      progress=progress)
+    return jnp.clip(out, -1.0, 1.0) if exp.info.is_image else out
 
   jitted = compiler.jit(draw, out_shardings=sharding)
 
